@@ -1,0 +1,110 @@
+"""Batched augmentation and normalisation on the device.
+
+Images stay uint8 on the device; each batch is turned to float here, and every
+random transform is drawn for the whole batch at once (one affine warp for
+flip, rotation, shift and crop), so no per-sample Python runs in the training step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig
+
+# FER2013 Training pixel statistics (0-1 scale), fixed so that checkpoints need no data.
+MEAN, STD = 0.5136, 0.3067
+SIDE = 48
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def to_float(x_u8: torch.Tensor) -> torch.Tensor:
+    return x_u8.float().div_(255.0)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x_u8: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 1, 48, 48) -> augmented, normalised float (B, 1, 48, 48)."""
+    x = to_float(x_u8)
+    b, dev = x.shape[0], x.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(b, device=dev, generator=gen) * (high - low) + low
+
+    flip = torch.where(torch.rand(b, device=dev, generator=gen) < 0.5, -1.0, 1.0) if cfg.flip else None
+    if cfg.rotation == 0 and cfg.shift == 0 and cfg.crop == SIDE:
+        if flip is not None:
+            x = torch.where((flip < 0).view(b, 1, 1, 1), x.flip(-1), x)
+    else:
+        angle = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180)
+        scale = cfg.crop / SIDE  # a crop of side c, resized back to 48
+        room = 1 - scale  # how far the crop window can move, in [-1, 1] coordinates
+        tx = uniform(-room, room) + uniform(-2 * cfg.shift, 2 * cfg.shift)
+        ty = uniform(-room, room) + uniform(-2 * cfg.shift, 2 * cfg.shift)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        fx = flip if flip is not None else torch.ones_like(cos)
+        theta = torch.stack([torch.stack([cos * fx, -sin, tx], 1), torch.stack([sin * fx, cos, ty], 1)], 1)
+        x = _warp(x, theta)
+    x = normalize(x)
+    if cfg.erasing > 0:
+        x = _random_erasing(x, cfg.erasing, gen)
+    return x
+
+
+def _random_erasing(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Zero (the mean, after normalising) a random rectangle of 2-33% area in a fraction p of images."""
+    b, dev = x.shape[0], x.device
+    area = (torch.rand(b, device=dev, generator=gen) * 0.31 + 0.02) * SIDE * SIDE
+    log_ratio = torch.rand(b, device=dev, generator=gen) * (2 * math.log(3.3)) - math.log(3.3)
+    ratio = torch.exp(log_ratio)
+    h = torch.sqrt(area * ratio).clamp(1, SIDE)
+    w = torch.sqrt(area / ratio).clamp(1, SIDE)
+    y0 = torch.rand(b, device=dev, generator=gen) * (SIDE - h)
+    x0 = torch.rand(b, device=dev, generator=gen) * (SIDE - w)
+    pos = torch.arange(SIDE, device=dev, dtype=x.dtype)
+    rows = (pos >= y0[:, None]) & (pos < (y0 + h)[:, None])
+    cols = (pos >= x0[:, None]) & (pos < (x0 + w)[:, None])
+    apply = torch.rand(b, device=dev, generator=gen) < p
+    mask = rows[:, :, None] & cols[:, None, :] & apply[:, None, None]
+    return x.masked_fill(mask[:, None], 0.0)
+
+
+def cutmix_box(lam: float, rng: np.random.Generator, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A (48, 48) bool mask covering about 1 - lam of the image, and the exact lam it leaves.
+
+    Drawn on the host: one box per batch, and no device sync to read it back.
+    """
+    side = math.sqrt(1 - lam) * SIDE
+    cy, cx = rng.uniform(0, SIDE, size=2)
+    y0, y1 = int(max(cy - side / 2, 0)), int(min(cy + side / 2, SIDE))
+    x0, x1 = int(max(cx - side / 2, 0)), int(min(cx + side / 2, SIDE))
+    mask = torch.zeros(SIDE, SIDE, dtype=torch.bool, device=device)
+    mask[y0:y1, x0:x1] = True
+    return mask, 1 - (y1 - y0) * (x1 - x0) / (SIDE * SIDE)
+
+
+def tta_views(x_u8: torch.Tensor, crop: int = 44) -> torch.Tensor:
+    """Ten views per image (4 corner crops and the centre, each also flipped), normalised.
+
+    Returns (10, B, 1, 48, 48); crops are resized back to 48 like the training crops.
+    """
+    x = to_float(x_u8)
+    b = x.shape[0]
+    s = crop / SIDE
+    room = 1 - s
+    views = []
+    for flip in (1.0, -1.0):
+        for tx, ty in ((0, 0), (-room, -room), (room, -room), (-room, room), (room, room)):
+            theta = torch.tensor([[s * flip, 0, tx], [0, s, ty]], device=x.device, dtype=x.dtype)
+            views.append(normalize(_warp(x, theta.expand(b, 2, 3))))
+    return torch.stack(views)

@@ -1,0 +1,429 @@
+"""FER2013 from any of its editions, parsed once and cached.
+
+Sources: the Kaggle challenge CSV (`emotion,pixels,Usage`; plain, .gz, .xz, .bz2,
+.zip or the challenge's fer2013.tar.gz), image-folder trees (`train/<class>/*.jpg`,
+`test/<class>/...`) and prepared `.npz` / `.npz.xz` files. Every source becomes a
+`FerData`: uint8 images (N, 48, 48) and int64 labels per split.
+
+Parsing the full CSV takes seconds, so the result is cached under a key made
+from the source's content; later runs and many worker processes load the cache
+in a fraction of a second. Any bad input raises `FerOptError` naming the file
+and the row or path; nothing is cached from a bad source.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FerOptError
+
+CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+SIDE = 48
+SPLITS = ("train", "val", "test")
+USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+FOLDER_TO_SPLIT = {"train": "train", "training": "train", "val": "val", "validation": "val",
+                   "publictest": "val", "test": "test", "privatetest": "test"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# Bump when parsing changes, so that old caches are not reused.
+CACHE_VERSION = 1
+VAL_FRACTION = 0.1
+# A valid row is under 10 kB (2304 values of at most 3 digits); anything far
+# longer is a broken or hostile file, refused before it is parsed.
+MAX_LINE_BYTES = 64 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def max_input_bytes() -> int:
+    """Decompressed-size ceiling (zip bombs); the full FER2013 CSV is 300 MB."""
+    return int(float(os.environ.get("FER_OPT_MAX_INPUT_MB", "2048")) * 2**20)
+
+
+@dataclass(frozen=True)
+class FerData:
+    images: dict[str, np.ndarray]  # split -> uint8 (N, 48, 48)
+    labels: dict[str, np.ndarray]  # split -> int64 (N,)
+    source: str
+    notes: tuple[str, ...] = ()
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self.images:
+            have = ", ".join(s for s in SPLITS if s in self.images)
+            hint = {
+                "test": "the test split is PrivateTest; use a source that has it (the full Kaggle "
+                "fer2013.csv, or an image folder with test/)",
+                "val": "the val split is PublicTest",
+            }.get(name, "")
+            raise FerOptError(f"{self.source} has no '{name}' split (it has: {have}); {hint}".rstrip("; "))
+        return self.images[name], self.labels[name]
+
+    def counts(self) -> dict[str, np.ndarray]:
+        return {s: np.bincount(self.labels[s], minlength=len(CLASSES)) for s in SPLITS if s in self.labels}
+
+
+# --------------------------------------------------------------------------- reading bytes
+
+
+def _read_capped(stream, name: str) -> bytes:
+    limit = max_input_bytes()
+    try:
+        data = stream.read(limit + 1)
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError) as e:
+        raise FerOptError(f"{name}: cannot decompress ({e}); is the file complete?") from None
+    if len(data) > limit:
+        raise FerOptError(
+            f"{name}: decompresses to more than {limit // 2**20} MB; this is not a FER2013 file "
+            "(raise FER_OPT_MAX_INPUT_MB if it really is)"
+        )
+    return data
+
+
+def _unwrap(raw: bytes, name: str) -> tuple[str, bytes]:
+    """Peel compression and archives off `raw`; return ('csv' | 'npz', payload)."""
+    for magic, opener in ((b"\x1f\x8b", gzip.open), (b"\xfd7zXZ\x00", lzma.open), (b"BZh", bz2.open)):
+        if raw.startswith(magic):
+            return _unwrap(_read_capped(opener(io.BytesIO(raw)), name), name)
+    if raw.startswith(b"PK\x03\x04"):
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(raw))
+            members = archive.namelist()
+        except zipfile.BadZipFile as e:
+            raise FerOptError(f"{name}: not a readable zip archive ({e})") from None
+        if members and all(m.endswith(".npy") for m in members):
+            return "npz", raw
+        csvs = [m for m in members if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
+        if len(csvs) != 1:
+            raise FerOptError(f"{name}: expected one .csv file inside the zip archive, found {len(csvs)}")
+        with archive.open(csvs[0]) as member:
+            return "csv", _read_capped(member, f"{name}:{csvs[0]}")
+    if len(raw) > 262 and raw[257:262] == b"ustar":
+        # Members are read in memory, never extracted, so a hostile path cannot escape.
+        with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+            csvs = [m for m in archive.getmembers() if m.isfile() and m.name.lower().endswith(".csv")]
+            if len(csvs) != 1:
+                raise FerOptError(f"{name}: expected one .csv file inside the tar archive, found {len(csvs)}")
+            return "csv", _read_capped(archive.extractfile(csvs[0]), f"{name}:{csvs[0].name}")
+    return "csv", raw
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def _parse_csv(text: bytes, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if not text.strip():
+        raise FerOptError(f"{name}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
+    buf = np.frombuffer(text, np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    line_ends = np.append(newlines, len(buf))
+    line_lengths = np.diff(np.concatenate(([-1], line_ends)))
+    if line_lengths.max() > MAX_LINE_BYTES:
+        line = int(np.argmax(line_lengths)) + 1
+        raise FerOptError(
+            f"{name}, line {line}: {int(line_lengths.max())} bytes long; a FER2013 row is under 10 kB"
+        )
+    lines = text.decode("utf-8", errors="replace").splitlines()
+    header = [h.strip().strip('"').lower() for h in lines[0].split(",")]
+    if "emotion" not in header or "pixels" not in header:
+        raise FerOptError(
+            f"{name}, line 1: header is {lines[0][:80]!r}; expected the columns emotion,pixels,Usage "
+            "(Usage may be absent)"
+        )
+    col = {h: i for i, h in enumerate(header)}
+    rows = [(n, line.split(",")) for n, line in enumerate(lines[1:], start=2) if line.strip()]
+    if not rows:
+        raise FerOptError(f"{name}: has a header but no data rows")
+    labels, pixels, usages = [], [], []
+    for n, cells in rows:
+        if len(cells) != len(header):
+            raise FerOptError(f"{name}, line {n}: {len(cells)} fields, expected {len(header)} ({','.join(header)})")
+        emotion = cells[col["emotion"]].strip().strip('"')
+        if not (emotion.isdigit() and int(emotion) < len(CLASSES)):
+            raise FerOptError(f"{name}, line {n}: emotion is {emotion!r}; expected an integer 0-6")
+        labels.append(int(emotion))
+        pixels.append(cells[col["pixels"]].strip().strip('"'))
+        usage = cells[col["usage"]].strip().strip('"') if "usage" in col else "Training"
+        if usage not in USAGE_TO_SPLIT:
+            raise FerOptError(
+                f"{name}, line {n}: Usage is {usage!r}; expected Training, PublicTest or PrivateTest"
+            )
+        usages.append(usage)
+    line_numbers = np.array([n for n, _ in rows])
+    images = _parse_pixels(pixels, line_numbers, name)
+    labels_arr, usage_arr = np.array(labels, np.int64), np.array(usages)
+    return {
+        USAGE_TO_SPLIT[u]: (images[usage_arr == u], labels_arr[usage_arr == u])
+        for u in USAGE_TO_SPLIT
+        if (usage_arr == u).any()
+    }
+
+
+# Byte classes for the pixel parser: 0 a digit, 1 a separator, 2 anything else.
+_BYTE_KIND = np.full(256, 2, np.uint8)
+_BYTE_KIND[ord("0"):ord("9") + 1] = 0
+_BYTE_KIND[[ord(" "), ord("\t"), ord("\n")]] = 1
+
+
+def _parse_pixels(pixels: list[str], line_numbers: np.ndarray, name: str) -> np.ndarray:
+    """Parse all rows' space-separated pixel strings at once, with numpy, not per value."""
+    buf = np.frombuffer(("\n".join(pixels) + "\n").encode("utf-8", errors="replace"), np.uint8)
+    kind = _BYTE_KIND[buf]
+    row_ends = np.flatnonzero(buf == 10)
+
+    def fail(pos: int, what: str):
+        row = int(np.searchsorted(row_ends, pos))
+        start = row_ends[row - 1] + 1 if row else 0
+        text = bytes(buf[start:row_ends[row]]).decode(errors="replace")
+        word_start = text.rfind(" ", 0, pos - start) + 1
+        word = text[word_start:].split(" ", 1)[0]
+        index = len(text[:word_start].split()) + 1
+        raise FerOptError(f"{name}, line {line_numbers[row]}: pixel {index} is {word!r}; {what}")
+
+    bad = np.flatnonzero(kind == 2)
+    if len(bad):
+        fail(int(bad[0]), "expected an integer 0-255")
+    is_digit = kind == 0
+    # The buffer starts a row and ends in a newline, so every token has a start and an end.
+    starts = np.flatnonzero(is_digit[1:] & ~is_digit[:-1]) + 1
+    if is_digit[0]:
+        starts = np.concatenate(([0], starts))
+    ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:]) + 1
+    counts = np.diff(np.searchsorted(starts, np.concatenate(([0], row_ends))))
+    wrong = np.flatnonzero(counts != SIDE * SIDE)
+    if len(wrong):
+        row = int(wrong[0])
+        raise FerOptError(
+            f"{name}, line {line_numbers[row]}: {counts[row]} pixel values; expected {SIDE * SIDE} (48x48)"
+        )
+    lengths = ends - starts
+    long = np.flatnonzero(lengths > 3)
+    if len(long):
+        fail(int(starts[long[0]]), "expected an integer 0-255")
+    values = buf[starts].astype(np.int16) - 48
+    for k in (1, 2):
+        values = np.where(lengths > k, values * 10 + buf[starts + k] - 48, values)
+    over = np.flatnonzero(values > 255)
+    if len(over):
+        fail(int(starts[over[0]]), "expected an integer 0-255")
+    return values.astype(np.uint8).reshape(len(pixels), SIDE, SIDE)
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _parse_npz(raw: bytes, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise FerOptError(f"{name}: not a readable .npz file ({e})") from None
+    missing = {"images", "labels", "usage"} - set(arrays)
+    if missing:
+        raise FerOptError(f"{name}: missing array(s) {', '.join(sorted(missing))}; expected images, labels, usage")
+    images, labels, usage = arrays["images"], arrays["labels"], arrays["usage"].astype(str)
+    n = len(images)
+    if images.shape[1:] != (SIDE, SIDE) or len(labels) != n or len(usage) != n:
+        raise FerOptError(
+            f"{name}: images {images.shape}, labels {labels.shape}, usage {usage.shape}; expected "
+            "(N, 48, 48), (N,), (N,)"
+        )
+    if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 255):
+        raise FerOptError(f"{name}: image values outside 0-255")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CLASSES)))
+    if len(bad):
+        raise FerOptError(f"{name}, row {bad[0]}: label {labels[bad[0]]}; expected 0-6")
+    unknown = np.flatnonzero(~np.isin(usage, list(USAGE_TO_SPLIT)))
+    if len(unknown):
+        raise FerOptError(
+            f"{name}, row {unknown[0]}: usage {usage[unknown[0]]!r}; expected Training, PublicTest or PrivateTest"
+        )
+    return {
+        USAGE_TO_SPLIT[u]: (images[usage == u].astype(np.uint8), labels[usage == u].astype(np.int64))
+        for u in USAGE_TO_SPLIT
+        if (usage == u).any()
+    }
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def read_image(path: Path, resize: bool) -> np.ndarray:
+    """One image as uint8 (48, 48) grayscale; resized only if `resize`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise FerOptError(f"{path}: {image.width}x{image.height} pixels is too large for a face crop")
+            if image.size != (SIDE, SIDE):
+                if not resize:
+                    raise FerOptError(
+                        f"{path}: image is {image.width}x{image.height}; expected 48x48 (pass --resize to resize)"
+                    )
+                image = image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise FerOptError(f"{path}: cannot decode image ({e})") from None
+
+
+def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    classes = {c.lower(): i for i, c in enumerate(CLASSES)}
+    found: dict[str, list[tuple[Path, int]]] = {}
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        split = FOLDER_TO_SPLIT.get(split_dir.name.lower())
+        if split is None:
+            raise FerOptError(
+                f"{split_dir}: unknown split folder; expected train/, test/ and optionally val/"
+            )
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            label = classes.get(class_dir.name.lower())
+            if label is None:
+                raise FerOptError(
+                    f"{class_dir}: unknown class folder; expected one of {', '.join(c.lower() for c in CLASSES)}"
+                )
+            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found.setdefault(split, []).extend((p, label) for p in files)
+    if not found.get("train"):
+        raise FerOptError(f"{root}: no images under train/<class>/; expected train/<class>/*.jpg and test/<class>/*.jpg")
+    return found
+
+
+def _parse_folder(root: Path, files: dict[str, list[tuple[Path, int]]], resize: bool):
+    return {
+        split: (
+            np.stack([read_image(p, resize) for p, _ in entries]),
+            np.array([label for _, label in entries], np.int64),
+        )
+        for split, entries in files.items()
+        if entries
+    }
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded, stratified selection of about `fraction` of the rows, sorted."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = max(1, round(len(rows) * fraction)) if len(rows) > 1 else 0
+        picked.append(rng.choice(rows, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def _carve_val(splits: dict, seed: int = 0) -> tuple[dict, tuple[str, ...]]:
+    if "val" in splits:
+        return splits, ()
+    images, labels = splits["train"]
+    val = stratified_indices(labels, VAL_FRACTION, seed)
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    splits = {**splits, "train": (images[train], labels[train]), "val": (images[val], labels[val])}
+    note = f"no val split in the source: carved a stratified {VAL_FRACTION:.0%} of train as val (seed {seed})"
+    return splits, (note,)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FER_OPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-optuna"
+    return Path(root)
+
+
+def _source_key(path: Path, files: dict | None, resize: bool) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION} resize={resize}\n".encode())
+    if files is None:
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    else:
+        # An image tree is keyed by its listing: names, labels, sizes and mtimes.
+        for split, entries in sorted(files.items()):
+            for p, label in entries:
+                st = p.stat()
+                digest.update(f"{split}/{label}/{p.relative_to(path)}/{st.st_size}/{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _save_cache(target: Path, data: FerData) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{s}_images": data.images[s] for s in data.images}
+    arrays |= {f"{s}_labels": data.labels[s] for s in data.labels}
+    arrays["notes"] = np.array(data.notes, dtype=str)
+    # Written under a unique name then renamed: a reader never sees half a file,
+    # and two processes building the same cache both end with a whole one.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(target: Path, source: str) -> FerData | None:
+    try:
+        with np.load(target, allow_pickle=False) as archive:
+            images = {s: archive[f"{s}_images"] for s in SPLITS if f"{s}_images" in archive.files}
+            labels = {s: archive[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in archive.files}
+            notes = tuple(str(n) for n in archive["notes"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # unreadable cache: rebuilt from the source
+    return FerData(images, labels, source, notes)
+
+
+def cache_path(path: str | Path, resize: bool = False) -> Path:
+    path = _check_exists(path)
+    files = _folder_files(path) if path.is_dir() else None
+    return cache_dir() / f"{_source_key(path, files, resize)}.npz"
+
+
+def _check_exists(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FerOptError(
+            f"{path}: no such file or folder; give the Kaggle fer2013.csv (or .csv.gz/.zip/.tar.gz), "
+            "an image folder with train/ and test/, or a prepared .npz"
+        )
+    return path
+
+
+def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerData:
+    """Load FER2013 from `path`, from the cache when the same content was parsed before."""
+    path = _check_exists(path)
+    files = _folder_files(path) if path.is_dir() else None
+    if path.is_file() and path.stat().st_size == 0:
+        raise FerOptError(f"{path}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
+    target = cache_dir() / f"{_source_key(path, files, resize)}.npz"
+    if use_cache and target.exists():
+        cached = _load_cache(target, str(path))
+        if cached is not None:
+            return cached
+    if files is not None:
+        splits = _parse_folder(path, files, resize)
+    else:
+        with open(path, "rb") as f:
+            kind, payload = _unwrap(_read_capped(f, str(path)), str(path))
+        splits = _parse_npz(payload, str(path)) if kind == "npz" else _parse_csv(payload, str(path))
+    if "train" not in splits:
+        raise FerOptError(f"{path}: no Training rows; the trainer needs a train split")
+    splits, notes = _carve_val(splits)
+    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes)
+    if use_cache:
+        try:
+            _save_cache(target, data)
+        except OSError:
+            pass  # a read-only or full cache folder only costs speed
+    return data

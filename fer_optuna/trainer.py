@@ -1,0 +1,339 @@
+"""One short training loop: `train(config, data, on_epoch=...)` and `evaluate(...)`.
+
+The whole dataset lives on the device as uint8; batches are indexed, augmented
+and normalised there. The loop keeps the checkpoint with the best val accuracy,
+holding the weights and the full config, so evaluate/predict need nothing else.
+Nothing here knows about Optuna: the study service stops a run through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment
+from .config import TrainConfig, config_from_dict
+from .data import CLASSES, FerData, stratified_indices
+from .errors import FerOptError
+from .models import build_model, count_parameters
+
+CHECKPOINT_FORMAT = "fer-optuna/1"
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    n_params: int
+    history: list[EpochStats] = field(default_factory=list)
+
+
+class NonFiniteLoss(FerOptError):
+    """The training loss became NaN or infinite: the run cannot recover."""
+
+
+# --------------------------------------------------------------------------- device
+
+
+def resolve_device(spec: str | None = None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1' or a bare GPU index; None picks CUDA when present."""
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = f"cuda:{spec}" if spec.isdigit() else spec
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FerOptError(f"device {spec!r} asked for, but CUDA is not available here; use --gpu cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise FerOptError(f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # On CPUs without native bf16 the autocast path is slower than fp32.
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# --------------------------------------------------------------------------- data on the device
+
+
+@dataclass(frozen=True)
+class DeviceSplit:
+    images: torch.Tensor  # uint8 (N, 1, 48, 48)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0) -> DeviceSplit:
+    if limit and limit < len(labels):
+        keep = stratified_indices(labels, limit / len(labels), seed)
+        images, labels = images[keep], labels[keep]
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+    return DeviceSplit(x.contiguous(memory_format=torch.channels_last), torch.from_numpy(labels).to(device))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, **fast)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+
+
+def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns (scheduler, stepped per batch?)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3), False
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total), True
+    if cfg.scheduler == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor), True
+    return None, False
+
+
+def class_weights(cfg: TrainConfig, labels: torch.Tensor) -> torch.Tensor | None:
+    if cfg.class_weights == "none":
+        return None
+    counts = torch.bincount(labels, minlength=len(CLASSES)).float().clamp(min=1)
+    weights = counts.sum() / (len(CLASSES) * counts)
+    return weights / weights.mean()
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device):
+    """Shuffled index batches; the last partial batch is dropped (BatchNorm dislikes tiny ones)."""
+    perm = torch.randperm(n, generator=gen, device=device)
+    size = min(batch_size, n)
+    return perm[: n - n % size].view(-1, size)
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+def train_epoch(model, opt, sched_per_step, loss_fn, train: DeviceSplit, cfg: TrainConfig,
+                gen: torch.Generator, rng: np.random.Generator, bf16: bool, ema=None, bar=None):
+    model.train()
+    dev = train.images.device
+    total_loss = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    seen = 0
+    for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen, dev)):
+        x = augment.augment(train.images[idx], cfg, gen)
+        y = train.labels[idx]
+        y2, lam = y, 1.0
+        use_mix = (cfg.mixup > 0 or cfg.cutmix > 0) and rng.random() < 0.5
+        if use_mix:
+            perm = torch.randperm(len(y), generator=gen, device=dev)
+            y2 = y[perm]
+            if cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5):
+                mask, lam = augment.cutmix_box(rng.beta(cfg.cutmix, cfg.cutmix), rng, dev)
+                x = torch.where(mask, x[perm], x)
+            else:
+                lam = float(rng.beta(cfg.mixup, cfg.mixup))
+                x = lam * x + (1 - lam) * x[perm]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = loss_fn(out, y) if lam == 1.0 else lam * loss_fn(out, y) + (1 - lam) * loss_fn(out, y2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched_per_step is not None:
+            sched_per_step.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total_loss += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.update(len(y))
+            if step % 20 == 0:  # reading the running loss syncs the device: not every step
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+    train_loss, train_acc = total_loss.item() / seen, correct.item() / seen
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"training loss became {train_loss} (lr {cfg.lr:g}, batch {cfg.batch_size}); try a lower lr")
+    return train_loss, train_acc
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48) on the model's device."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        with torch.autocast(chunk.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if tta:
+                views = augment.tta_views(chunk)
+                probs = model(views.flatten(0, 1)).float().softmax(-1).view(len(views), len(chunk), -1).mean(0)
+            else:
+                probs = model(augment.normalize(augment.to_float(chunk))).float().softmax(-1)
+        out.append(probs)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False) -> tuple[float, float, torch.Tensor]:
+    """(loss, accuracy, probabilities) on a split."""
+    probs = predict_proba(model, split.images, bf16, tta)
+    loss = F.nll_loss(probs.clamp_min(1e-8).log(), split.labels).item()
+    acc = (probs.argmax(1) == split.labels).float().mean().item()
+    return loss, acc, probs
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_save({"format": CHECKPOINT_FORMAT, "kind": "model", "config": cfg.to_dict(),
+                  "classes": list(CLASSES), "state_dict": state, "meta": meta}, Path(path))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely: weights_only, so a model file cannot run code."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FerOptError(f"{path}: no such model file; train one with 'fer-opt train'") from None
+    except Exception as e:  # torch raises many types for a foreign or damaged file
+        raise FerOptError(f"{path}: not a fer-optuna model file ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FerOptError(f"{path}: not a fer-optuna model file (no '{CHECKPOINT_FORMAT}' header)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
+    cfg = config_from_dict(ckpt["config"], "checkpoint config")
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _progress(enabled: bool | None, total: int, epoch: int, epochs: int):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, dynamic_ncols=True)
+
+
+def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
+          on_epoch: Callable[[EpochStats], bool | None] | None = None,
+          checkpoint: str | Path | None = None, progress: bool | None = None,
+          log: Callable[[str], None] | None = print) -> TrainResult:
+    """Train on data's train split, select on its val split. `on_epoch` may return True to stop."""
+    device = device or resolve_device()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    bf16 = use_bf16(cfg.precision, device)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed)
+    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed)
+
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model, device)
+    steps = len(_batches(len(train_split), cfg.batch_size, torch.Generator(device), device))
+    sched, per_step = make_scheduler(cfg, opt, steps)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
+    ema = None
+    if cfg.ema > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(model))
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        bar = _progress(progress, steps * min(cfg.batch_size, len(train_split)), epoch, cfg.epochs)
+        try:
+            train_loss, train_acc = train_epoch(model, opt, sched if per_step else None, loss_fn, train_split,
+                                                cfg, gen, rng, bf16, ema, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        scored = ema.module if ema is not None else model
+        val_loss, val_acc, _ = evaluate(scored, val_split, bf16)
+        if sched is not None and not per_step:
+            sched.step(val_acc)
+        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, opt.param_groups[0]["lr"],
+                           time.perf_counter() - t0)
+        result.history.append(stats)
+        result.epochs_run = epoch
+        if val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch = val_acc, epoch
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, scored, cfg, val_accuracy=val_acc, epoch=epoch, source=data.source)
+        if log is not None:
+            log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {stats.lr:.2e}  {stats.seconds:.1f}s")
+        stop = on_epoch(stats) if on_epoch is not None else False
+        if stop or (cfg.patience and epoch - result.best_epoch >= cfg.patience):
+            break
+    result.seconds = time.perf_counter() - start
+    return result
