@@ -32,6 +32,9 @@ def main() -> None:
     Single runs: `train`, `evaluate`, `predict`. Studies: `create-study`, `worker`,
     `status`, `export`, `dashboard`, or `run` for all of it in one command.
     """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # --------------------------------------------------------------------------- data and models
@@ -178,6 +181,123 @@ def predict(model_path, images, as_json, tta, device) -> None:
         else:
             ranked = "  ".join(f"{CLASSES[i]} {p[i]:.2f}" for i in np.argsort(-p)[:3])
             click.echo(f"{path}: {CLASSES[best]}  ({ranked})")
+
+# --------------------------------------------------------------------------- studies
+
+STORAGE_OPTION = click.option(
+    "--storage", envvar="FER_OPT_STORAGE", show_envvar=True,
+    help="Study storage URL: sqlite:///PATH.db or postgresql+psycopg://USER:PASS@HOST/DB "
+         "[default: sqlite:///studies/fer2013.db]")
+
+
+def _open_study(storage: str | None, name: str | None):
+    from . import study as fer_study
+
+    store = fer_study.open_storage(storage)
+    return fer_study.load_study(name or fer_study.single_study_name(store), store)
+
+
+@main.command("create-study")
+@click.option("--config", "spec_path", required=True, type=click.Path(path_type=Path), help="A study file, e.g. studies/quick.yaml.")
+@STORAGE_OPTION
+@click.option("--name", help="Study name [default: the study file's name].")
+@click.option("--data", help="Data path stored with the study [default: FER_OPT_DATA, else the study file's data:].")
+@click.option("--skip-if-exists", is_flag=True, help="Succeed if the same study (same study file) already exists.")
+@click.option("--replace", is_flag=True, help="Delete an existing study of that name, trials included, and start over.")
+def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> None:
+    """Create a study from a study file; workers then build everything from the storage."""
+    from . import study as fer_study
+
+    created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace)
+    url = fer_study.mask_url(fer_study.storage_url(storage))
+    verb = "created" if new else "exists, unchanged:"
+    click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")
+
+
+@main.command()
+@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STORAGE_OPTION
+@click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all (every GPU; CPU if none).")
+@click.option("--per-gpu", default="1", help="Worker processes per device, or auto (1 on CPU, 2 per GPU).")
+@click.option("--n-trials", type=int, help="Stop after this many trials of this worker [default: the study's budget].")
+@click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
+@click.option("--data", help="This machine's copy of the data [default: the path stored with the study].")
+@click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
+@click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
+@click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")
+def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, wandb, threads) -> None:
+    """Pull trials from a study until its trial budget is spent.
+
+    Ctrl-C or SIGTERM marks the running trial failed and exits 0; a second one exits at once.
+    """
+    from . import study as fer_study
+    from . import worker as fer_worker
+
+    name = study_name or fer_study.single_study_name(fer_study.open_storage(storage))
+    devices = fer_worker.parse_devices(gpu)
+    per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
+    opts = fer_worker.WorkerOptions(name, storage, devices[0], data, n_trials, timeout, checkpoint_dir, wandb, threads)
+    if len(devices) * per > 1:
+        sys.exit(fer_worker.spawn(opts, devices, per))
+    fer_worker.run(opts)
+
+
+@main.command()
+@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STORAGE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(study_name, storage, as_json) -> None:
+    """Trials by state, the best trial, running trials and throughput."""
+    from . import study as fer_study
+
+    found, spec = _open_study(storage, study_name)
+    info = fer_study.status(found, spec)
+    click.echo(json.dumps(info, default=str) if as_json else fer_study.format_status(info, fer_study.storage_url(storage)))
+
+
+@main.command()
+@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STORAGE_OPTION
+@click.option("-o", "--out", type=click.Path(path_type=Path), default="best.yaml", help="Config file to write; with --top K, OUT-1.yaml ... OUT-K.yaml.")
+@click.option("--top", type=int, default=1, help="Export the K best trials.")
+def export(study_name, storage, out, top) -> None:
+    """Write the best trial's training config, for `fer-opt train --config`."""
+    from . import study as fer_study
+
+    found, spec = _open_study(storage, study_name)
+    for path in fer_study.export(found, spec, out, top, fer_study.storage_url(storage)):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@STORAGE_OPTION
+@click.option("--host", default="127.0.0.1", help="Interface to listen on; 0.0.0.0 exposes the dashboard to the network.")
+@click.option("--port", default=8080, type=int, help="Port to listen on.")
+def dashboard(storage, host, port) -> None:
+    """Serve optuna-dashboard on the study storage."""
+    from optuna_dashboard import run_server
+
+    from . import study as fer_study
+
+    store = fer_study.open_storage(storage)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
+    click.echo(f"dashboard for {fer_study.mask_url(fer_study.storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
+    run_server(store, host=host, port=port)
+
+@main.command("run")
+@click.option("--data", "data_path", required=True, envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")
+@STORAGE_OPTION
+@click.option("--study-file", help="Study file [default: studies/fer2013-cnn3.yaml with GPUs, studies/quick.yaml on CPU].")
+@click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default="runs", help="Folder for best.yaml and best.pt.")
+@click.option("--port", type=int, default=8080, help="Dashboard port during the study; 0 for none.")
+@click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
+def run_all(data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
+    """The main job: create the study, run workers on every GPU (CPU: quick.yaml), export the best config, train it."""
+    from . import pipeline
+
+    pipeline.run(data_path, storage, study_file, out_dir, gpu, port, checkpoint_dir, log=click.echo)
 
 
 if __name__ == "__main__":

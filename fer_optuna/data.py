@@ -211,7 +211,7 @@ def _parse_pixels(pixels: list[str], line_numbers: np.ndarray, name: str) -> np.
         fail(int(starts[long[0]]), "expected an integer 0-255")
     values = buf[starts].astype(np.int16) - 48
     for k in (1, 2):
-        values = np.where(lengths > k, values * 10 + buf[starts + k] - 48, values)
+        values = np.where(lengths > k, values * 10 + buf[np.minimum(starts + k, len(buf) - 1)] - 48, values)
     over = np.flatnonzero(values > 255)
     if len(over):
         fail(int(starts[over[0]]), "expected an integer 0-255")

@@ -1,0 +1,375 @@
+"""Study files, the study storage, and the study-level commands (create, status, export).
+
+A study file (`studies/*.yaml`) is data: the fixed training config, the search
+space, the sampler, the pruner and the trial budget. `create-study` stores the
+file's text inside the study, so every worker, on any machine, rebuilds the
+same objective, sampler and pruner from the storage alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from .config import FIELDS, TrainConfig, config_from_dict, dump_config
+from .errors import FerOptError
+
+DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
+ATTR_FILE, ATTR_DATA = "fer_opt.study_file", "fer_opt.data"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "search_space", "sampler", "pruner", "enqueue"}
+PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
+SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}}
+PRUNERS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
+           "hyperband": {"min_resource", "reduction_factor"}, "none": set()}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    step: float | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    n_trials: int
+    train: TrainConfig
+    space: tuple[Param, ...]
+    sampler: dict
+    pruner: dict
+    enqueue: tuple[dict, ...]
+    data: str | None
+    text: str
+
+
+# --------------------------------------------------------------------------- study files
+
+
+def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise FerOptError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _parse_param(where: str, name: str, raw: Any) -> Param:
+    if name not in FIELDS or name == "provenance":
+        raise FerOptError(f"{where}.{name}: not a training config field; searchable fields are {', '.join(f for f in FIELDS if f != 'provenance')}")
+    if not isinstance(raw, dict) or raw.get("type") not in PARAM_TYPES:
+        raise FerOptError(f"{where}.{name}: expected a mapping with type: categorical, int or float")
+    kind = raw["type"]
+    _check_keys(f"{where}.{name}", raw, PARAM_TYPES[kind] | {"type"})
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise FerOptError(f"{where}.{name}: categorical needs a non-empty list of choices")
+        return Param(name, kind, choices=tuple(choices))
+    try:
+        low, high = float(raw["low"]), float(raw["high"])
+    except (KeyError, TypeError, ValueError):
+        raise FerOptError(f"{where}.{name}: {kind} needs numeric low and high") from None
+    log = bool(raw.get("log", False))
+    if low >= high:
+        raise FerOptError(f"{where}.{name}: low ({low:g}) must be below high ({high:g})")
+    if log and low <= 0:
+        raise FerOptError(f"{where}.{name}: log scale needs low > 0 (got {low:g})")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise FerOptError(f"{where}.{name}: int bounds must be whole numbers")
+    step = raw.get("step")
+    if step is not None and log:
+        raise FerOptError(f"{where}.{name}: step and log cannot be combined")
+    return Param(name, kind, low=low, high=high, log=log, step=float(step) if step is not None else None)
+
+
+def parse_spec(text: str, where: str = "study file") -> StudySpec:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise FerOptError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise FerOptError(f"{where}: expected a YAML mapping with name, n_trials, train, search_space, sampler, pruner")
+    _check_keys(where, raw, SPEC_KEYS)
+    for key in ("name", "n_trials", "search_space"):
+        if key not in raw:
+            raise FerOptError(f"{where}: missing key '{key}'")
+    if not isinstance(raw["n_trials"], int) or raw["n_trials"] < 1:
+        raise FerOptError(f"{where}: n_trials must be a positive integer (the study's total trial budget)")
+    train = config_from_dict(raw.get("train") or {}, f"{where}: train")
+    space_raw = raw["search_space"]
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise FerOptError(f"{where}: search_space must map parameter names to their ranges")
+    space = tuple(_parse_param(f"{where}: search_space", name, value) for name, value in space_raw.items())
+    for p in space:  # every corner of the space must make a valid config
+        for value in (p.choices or (p.low, p.high)):
+            config_from_dict({**train.to_dict(), p.name: value}, f"{where}: search_space.{p.name}")
+    sampler = dict(raw.get("sampler") or {"type": "tpe"})
+    pruner = dict(raw.get("pruner") or {"type": "median"})
+    for what, table, value in (("sampler", SAMPLERS, sampler), ("pruner", PRUNERS, pruner)):
+        if value.get("type") not in table:
+            raise FerOptError(f"{where}: {what}.type must be one of {', '.join(table)}")
+        _check_keys(f"{where}: {what}", value, table[value["type"]] | {"type"})
+    enqueue = tuple(raw.get("enqueue") or ())
+    names = {p.name for p in space}
+    for i, params in enumerate(enqueue):
+        if not isinstance(params, dict) or set(params) - names:
+            raise FerOptError(f"{where}: enqueue[{i}] must set only search-space parameters ({', '.join(sorted(names))})")
+        config_from_dict({**train.to_dict(), **params}, f"{where}: enqueue[{i}]")
+    return StudySpec(str(raw["name"]), raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text)
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FerOptError(f"{path}: no such study file; see studies/ for examples") from None
+    return parse_spec(text, str(path))
+
+
+def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> dict[str, Any]:
+    """Every `trial.suggest_*` of the project, driven by the study file."""
+    params: dict[str, Any] = {}
+    for p in space:
+        if p.type == "categorical":
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.type == "int":
+            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+    return params
+
+
+def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """Workers offset the seed, so that parallel workers do not draw identical startup trials."""
+    cfg = {k: v for k, v in spec.sampler.items() if k != "type"}
+    if cfg.get("seed") is not None:
+        cfg["seed"] = int(cfg["seed"]) + seed_offset
+    if spec.sampler["type"] == "random":
+        return optuna.samplers.RandomSampler(**cfg)
+    return optuna.samplers.TPESampler(**cfg)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    cfg = {k: v for k, v in spec.pruner.items() if k != "type"}
+    kind = spec.pruner["type"]
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**cfg)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(max_resource=spec.train.epochs, **cfg)
+    return optuna.pruners.NopPruner()
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_url(url: str | None) -> str:
+    return url or os.environ.get("FER_OPT_STORAGE") or DEFAULT_STORAGE
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and log line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _heartbeat_seconds() -> int:
+    return int(os.environ.get("FER_OPT_HEARTBEAT", "10"))
+
+
+def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+    """An RDB storage fit for many long-lived workers; errors say how to fix the URL."""
+    import sqlalchemy.exc
+
+    url = storage_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets readers and the one writer work at once; the busy timeout makes
+        # writers queue instead of failing with "database is locked".
+        conn = sqlite3.connect(path, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        # PostgreSQL drops idle connections: pre-ping them; a worker needs few.
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            hb: dict[str, Any] = {}
+            if heartbeat:
+                beat = _heartbeat_seconds()
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
+                          "port, database name and credentials (or FER_OPT_STORAGE)") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
+        raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
+                          "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
+    if storage.engine.dialect.name == "sqlite":
+        _serialize_sqlite_writes(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_writes(engine) -> None:
+    """Make every SQLite transaction BEGIN IMMEDIATE.
+
+    SQLite ignores SELECT ... FOR UPDATE, and pysqlite opens no transaction
+    before a SELECT, so two workers could both read an enqueued trial as
+    WAITING and both run it. Taking the write lock at BEGIN makes Optuna's
+    read-check-write atomic; the busy timeout queues the workers.
+    (SQLAlchemy's documented pysqlite recipe.)
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks reconnect with them
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, StudySpec]:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise FerOptError(f"no study named {name!r} in this storage (it has: {', '.join(names) or 'none'}); "
+                          "create it with 'fer-opt create-study --config studies/X.yaml'") from None
+    text = study.user_attrs.get(ATTR_FILE)
+    if text is None:
+        raise FerOptError(f"study {name!r} was not created by fer-opt create-study (no study file stored with it)")
+    spec = parse_spec(text, f"study {name!r}")
+    return study, spec
+
+
+def single_study_name(storage: optuna.storages.BaseStorage) -> str:
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if len(names) != 1:
+        raise FerOptError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); pass --study NAME")
+    return names[0]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
+    path = data or os.environ.get("FER_OPT_DATA") or spec.data
+    if not path:
+        raise FerOptError("no data path: pass --data PATH, set FER_OPT_DATA, or put data: in the study file")
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute() and not data and not os.environ.get("FER_OPT_DATA"):
+        resolved = spec_dir / resolved  # a study file's data: is relative to the file
+    return str(resolved.resolve())
+
+
+def create(spec_path: str | Path, url: str | None = None, name: str | None = None, data: str | None = None,
+           skip_if_exists: bool = False, replace: bool = False) -> tuple[optuna.Study, bool]:
+    """Create the study (True) or find the identical one (False)."""
+    spec = load_spec(spec_path)
+    name = name or spec.name
+    data_path = resolve_data(data, spec, Path(spec_path).parent)
+    storage = open_storage(url)
+    existing = next((s for s in optuna.get_all_study_summaries(storage) if s.study_name == name), None)
+    if existing is not None:
+        same = existing.user_attrs.get(ATTR_FILE) == spec.text
+        if same and skip_if_exists and not replace:
+            return optuna.load_study(study_name=name, storage=storage), False
+        if not replace:
+            why = "already exists" if same else "already exists with a different study file"
+            fix = "pass --skip-if-exists to use it" if same else "pass --replace to delete it and start over, or --name NEW"
+            raise FerOptError(f"study {name!r} {why}; {fix}")
+        optuna.delete_study(study_name=name, storage=storage)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=make_sampler(spec), pruner=make_pruner(spec))
+    study.set_user_attr(ATTR_FILE, spec.text)
+    study.set_user_attr(ATTR_DATA, data_path)
+    for params in spec.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study, True
+
+
+def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    done = [t for t in trials if t.state in FINISHED and t.datetime_complete]
+    started = [t.datetime_start for t in trials if t.datetime_start]
+    hours = 0.0
+    if done and started:
+        hours = (max(t.datetime_complete for t in done) - min(started)).total_seconds() / 3600
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    return {
+        "study": study.study_name,
+        "budget": spec.n_trials,
+        "trials": by_state,
+        "best": None if best is None else {"number": best.number, "val_accuracy": best.value, "params": best.params,
+                                           "epochs_run": best.user_attrs.get("epochs_run")},
+        "running": [
+            {"number": t.number, "worker": t.user_attrs.get("worker"), "device": t.user_attrs.get("device"),
+             "epoch": max(t.intermediate_values, default=0), "epochs": spec.train.epochs}
+            for t in trials if t.state == TrialState.RUNNING
+        ],
+        "trials_per_hour": len(done) / hours if hours > 0 else None,
+    }
+
+
+def format_status(info: dict[str, Any], url: str) -> str:
+    t = info["trials"]
+    finished = t["complete"] + t["pruned"]
+    lines = [f"study {info['study']} on {mask_url(url)}",
+             f"trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, {t['running']} running, "
+             f"{t['waiting']} waiting  ({finished}/{info['budget']} of the budget)"]
+    best = info["best"]
+    if best:
+        lines.append(f"best: trial {best['number']}, val accuracy {best['val_accuracy']:.4f}")
+        lines += [f"  {k}: {v}" for k, v in best["params"].items()]
+    for r in info["running"]:
+        lines.append(f"running: trial {r['number']} on {r['worker']} ({r['device']}), epoch {r['epoch']}/{r['epochs']}")
+    if info["trials_per_hour"]:
+        lines.append(f"throughput: {info['trials_per_hour']:.1f} trials/hour")
+    return "\n".join(lines)
+
+
+def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "") -> list[Path]:
+    """Write the `top` best trials' full training configs, readable by `fer-opt train --config`."""
+    complete = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+                      key=lambda t: t.value, reverse=True)
+    if not complete:
+        raise FerOptError(f"study {study.study_name!r} has no complete trial yet; run 'fer-opt worker' first")
+    out = Path(out)
+    paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, top + 1)]
+    for path, trial in zip(paths, complete):
+        provenance = {"study": study.study_name, "trial": trial.number, "val_accuracy": round(trial.value, 6),
+                      "storage": mask_url(url), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
+        cfg = config_from_dict({**spec.train.to_dict(), **trial.params, "provenance": provenance})
+        header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.value:.4f}"
+        dump_config(cfg, path, header)
+    return paths[: len(complete)]

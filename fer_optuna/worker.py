@@ -1,0 +1,223 @@
+"""Workers: processes that pull trials from a study until its budget is spent.
+
+A worker loads the data once, then runs one trial at a time under
+`study.optimize` (so Optuna's heartbeat runs, and a killed worker's trial is
+failed and re-queued by whichever worker notices first). The study's trial
+budget counts COMPLETE and PRUNED trials across all workers and is never
+exceeded: a trial that starts beyond it is dropped as failed with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from . import data as fer_data
+from . import trainer
+from .errors import FerOptError
+from .study import FINISHED, StudySpec, load_study, make_pruner, make_sampler, open_storage, suggest
+
+WAIT_SECONDS = 2.0
+
+
+class TrialDropped(FerOptError):
+    """A trial that cannot or must not run; it is recorded as failed and the worker goes on."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    study: str
+    storage: str | None
+    device: str  # 'cpu', 'cuda', 'cuda:N' or a GPU index
+    data: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    checkpoint_dir: str | None = None
+    wandb: bool = False
+    threads: int | None = None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
+                   opts: WorkerOptions, log):
+    from .tracking import TrialTracker
+
+    def objective(trial: optuna.Trial) -> float:
+        ahead = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+                 if t.number < trial.number]
+        if len(ahead) >= spec.n_trials:
+            study.stop()
+            raise TrialDropped(f"study budget of {spec.n_trials} trials already taken by other workers")
+        params = suggest(trial, spec.space)
+        cfg = spec.train.replace(**params)
+        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("device", str(device))
+        checkpoint = None
+        if opts.checkpoint_dir:
+            checkpoint = os.path.join(opts.checkpoint_dir, study.study_name, f"trial-{trial.number}.pt")
+            trial.set_user_attr("checkpoint", checkpoint)
+        tracker = TrialTracker(study.study_name, trial.number, params) if opts.wandb else None
+        started = time.perf_counter()
+
+        def on_epoch(stats: trainer.EpochStats) -> None:
+            trial.report(stats.val_acc, stats.epoch)
+            trial.set_user_attr("epochs_run", stats.epoch)
+            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+            if tracker:
+                tracker.log_epoch(stats)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
+
+        log(f"trial {trial.number} started: {params}")
+        state = "failed"
+        try:
+            result = trainer.train(cfg, data, device=device, on_epoch=on_epoch, checkpoint=checkpoint,
+                                   progress=False, log=None)
+            state = "complete"
+            if tracker:
+                tracker.summary(result.best_val_acc, result.n_params)
+        except optuna.TrialPruned as e:
+            state = "pruned"
+            log(f"trial {trial.number} pruned: {e}")
+            raise
+        except torch.OutOfMemoryError:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            reason = f"out of memory at batch_size {cfg.batch_size} on {device}"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialDropped(reason) from None
+        except trainer.NonFiniteLoss as e:
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialDropped(str(e)) from None
+        finally:
+            if tracker:
+                tracker.finish(state)
+        trial.set_user_attr("n_params", result.n_params)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
+        return result.best_val_acc
+
+    return objective
+
+
+def _install_signal_handlers(log) -> None:
+    """First Ctrl-C/SIGTERM: fail the running trial and exit 0. Second: exit at once."""
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(130)
+        received.append(signum)
+        log(f"{signal.Signals(signum).name}: stopping after marking the running trial failed (again to force)")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(opts: WorkerOptions) -> int:
+    """Pull trials until the budget, --n-trials or --timeout; returns how many trials this worker ran."""
+    prefix = f"[worker {worker_id()} {opts.device}]"
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {prefix} {msg}", flush=True)
+
+    _install_signal_handlers(log)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = trainer.resolve_device(opts.device)
+    storage = open_storage(opts.storage, heartbeat=True)
+    study, spec = load_study(opts.study, storage)
+    study.sampler = make_sampler(spec, seed_offset=os.getpid())
+    study.pruner = make_pruner(spec)
+    data_path = opts.data or study.user_attrs.get("fer_opt.data")
+    data = fer_data.load(data_path)
+    objective = make_objective(study, spec, data, device, opts, log)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    deadline = time.monotonic() + opts.timeout if opts.timeout else None
+    ran = 0
+    log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}")
+    try:
+        while opts.n_trials is None or ran < opts.n_trials:
+            if deadline and time.monotonic() >= deadline:
+                log("timeout reached")
+                break
+            finished = _count(study, FINISHED)
+            if finished >= spec.n_trials:
+                log(f"budget reached: {finished} trials finished")
+                break
+            if finished + _count(study, (TrialState.RUNNING,)) >= spec.n_trials:
+                # The last trials are running elsewhere; wait, in case one dies and is re-queued.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                if _count(study, (TrialState.WAITING,)) == 0:
+                    time.sleep(WAIT_SECONDS)
+                    continue
+            study.optimize(objective, n_trials=1, catch=(TrialDropped,))
+            ran += 1
+    except KeyboardInterrupt:
+        log("interrupted: the running trial was marked failed; exiting")
+    return ran
+
+
+def spawn(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
+    """Start per_device worker processes on each device; forward signals; exit status of the worst."""
+    cpu_workers = per_device * sum(d == "cpu" for d in devices)
+    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None
+    procs: list[subprocess.Popen] = []
+    for device in devices:
+        for _ in range(per_device):
+            cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--study", opts.study, "--gpu", device]
+            for flag, value in (("--storage", opts.storage), ("--data", opts.data), ("--n-trials", opts.n_trials),
+                                ("--timeout", opts.timeout), ("--checkpoint-dir", opts.checkpoint_dir),
+                                ("--threads", threads if device == "cpu" else None)):
+                if value is not None:
+                    cmd += [flag, str(value)]
+            if opts.wandb:
+                cmd.append("--wandb")
+            procs.append(subprocess.Popen(cmd))
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return max(p.wait() for p in procs)
+
+
+def parse_devices(gpu: str) -> list[str]:
+    """'cpu', '0', '0,1' or 'all' -> device specs."""
+    if gpu == "cpu":
+        return ["cpu"]
+    if gpu == "all":
+        n = torch.cuda.device_count()
+        return [str(i) for i in range(n)] if n else ["cpu"]
+    parts = [p.strip() for p in gpu.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise FerOptError(f"--gpu {gpu!r}: expected cpu, all, a GPU index or a list like 0,1")
+    return parts
+
+
+def auto_per_device(devices: list[str]) -> int:
+    """Several small trials share a GPU well; a CPU worker already uses every core."""
+    return 1 if devices == ["cpu"] else 2
+

@@ -1,0 +1,58 @@
+import gzip
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SAMPLE_CSV = SHARED / "fer2013-sample.csv.xz"
+FULL_NPZ = SHARED / "fer2013.npz.xz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """Each test session gets its own parse cache; no test reads the user's."""
+    monkeypatch.setenv("FER_OPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.delenv("FER_OPT_STORAGE", raising=False)
+    monkeypatch.delenv("FER_OPT_DATA", raising=False)
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    if not SAMPLE_CSV.exists():
+        pytest.fail(f"{SAMPLE_CSV} is missing: the tests need ../shared/data beside the checkout (or FER_SHARED_DATA)")
+    return SAMPLE_CSV
+
+
+def synthetic_rows(n_per_usage: dict[str, int], seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for usage, n in n_per_usage.items():
+        for i in range(n):
+            pixels = " ".join(map(str, rng.integers(0, 256, 48 * 48)))
+            rows.append(f"{i % 7},{pixels},{usage}")
+    return rows
+
+
+def write_csv(path: Path, rows: list[str], header: str = "emotion,pixels,Usage") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.fixture
+def three_split_csv(tmp_path) -> Path:
+    return write_csv(tmp_path / "fer2013.csv", synthetic_rows({"Training": 21, "PublicTest": 14, "PrivateTest": 7}))
+
+
+def fer_opt(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI in a child process."""
+    proc = subprocess.run([sys.executable, "-m", "fer_optuna.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fer-opt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

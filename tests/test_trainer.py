@@ -1,0 +1,138 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import fer_opt
+from fer_optuna import augment, data, trainer
+from fer_optuna.config import TrainConfig, config_from_dict, dump_config, load_config
+from fer_optuna.errors import FerOptError
+from fer_optuna.models import MODELS, build_model, count_parameters
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_maps_a_batch_to_seven_logits(name):
+    model = build_model(name, 0.3, 64, 0.25)
+    assert model(torch.zeros(2, 1, 48, 48)).shape == (2, 7)
+
+
+def test_mlp_is_the_original_experiment_1():
+    assert count_parameters(build_model("mlp", 0.0, 64)) == 2304 * 64 + 64 + 64 * 7 + 7
+
+
+def test_cpu_dropout_keeps_the_expectation():
+    drop = build_model("cnn3", 0.3, 64)[4]
+    drop.train()
+    x = torch.ones(200_000)
+    y = drop(x)
+    assert abs(y.mean().item() - 1) < 0.01
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+
+
+def test_augment_is_batched_seeded_and_normalised():
+    x = torch.randint(0, 256, (32, 1, 48, 48), dtype=torch.uint8)
+    cfg = TrainConfig(rotation=10, shift=0.1, crop=44, erasing=0.5)
+    a = augment.augment(x, cfg, torch.Generator().manual_seed(0))
+    b = augment.augment(x, cfg, torch.Generator().manual_seed(0))
+    assert a.shape == (32, 1, 48, 48) and a.dtype == torch.float32 and torch.equal(a, b)
+    plain = augment.augment(x, TrainConfig(flip=False, rotation=0), torch.Generator())
+    assert torch.allclose(plain, augment.normalize(x.float() / 255))
+    assert augment.tta_views(x[:3]).shape == (10, 3, 1, 48, 48)
+
+
+def test_flip_only_flips():
+    x = torch.arange(48 * 48, dtype=torch.float32).view(1, 1, 48, 48).expand(64, 1, 48, 48).to(torch.uint8)
+    out = augment.augment(x, TrainConfig(rotation=0), torch.Generator().manual_seed(1))
+    same = (out == augment.augment(x, TrainConfig(flip=False, rotation=0), torch.Generator())).flatten(1).all(1)
+    assert 0 < same.sum() < 64
+
+
+def _tiny_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    images = rng.integers(0, 60, (n, 48, 48), dtype=np.uint8) + (labels[:, None, None] * 25).astype(np.uint8)
+    return data.FerData({"train": images, "val": images[:21]}, {"train": labels, "val": labels[:21]}, "tiny")
+
+
+def test_seeded_training_is_reproducible_on_cpu():
+    cfg = TrainConfig(model="cnn_small", epochs=2, batch_size=16, seed=3)
+    a = trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), log=None)
+    b = trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), log=None)
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
+
+
+@pytest.mark.parametrize("options", [
+    dict(optimizer="sgd", scheduler="onecycle", label_smoothing=0.1, class_weights="balanced"),
+    dict(optimizer="adamw", scheduler="cosine", warmup_epochs=1, mixup=0.4, cutmix=1.0, ema=0.9, erasing=0.5, crop=42, shift=0.1),
+])
+def test_training_options_run_and_learn_something(options):
+    cfg = TrainConfig(model="cnn_small", epochs=3, batch_size=16, lr=3e-3, **options)
+    result = trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), log=None)
+    assert result.epochs_run == 3 and result.history[-1].lr >= 0
+    assert result.best_val_acc > 1 / 7
+
+
+def test_on_epoch_sees_every_field_and_can_stop():
+    seen = []
+    result = trainer.train(TrainConfig(model="mlp", epochs=5), _tiny_data(), device=torch.device("cpu"),
+                           on_epoch=lambda s: seen.append(s) or s.epoch == 2, log=None)
+    assert result.epochs_run == 2 and [s.epoch for s in seen] == [1, 2]
+    assert seen[0].seconds > 0 and 0 <= seen[0].val_acc <= 1 and seen[0].lr == 1e-3
+
+
+def test_nan_loss_stops_with_a_reason(monkeypatch):
+    real = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("nan"))
+    with pytest.raises(trainer.NonFiniteLoss, match="training loss became nan"):
+        trainer.train(TrainConfig(model="mlp", epochs=2), _tiny_data(), device=torch.device("cpu"), log=None)
+
+
+def test_config_yaml_round_trip_and_refusals(tmp_path):
+    cfg = TrainConfig(lr=3e-4, batch_size=128)
+    dump_config(cfg, tmp_path / "c.yaml", "# header")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    with pytest.raises(FerOptError, match="unknown field.*learning_rate"):
+        config_from_dict({"learning_rate": 1})
+    with pytest.raises(FerOptError, match="'model' is 'vit'"):
+        config_from_dict({"model": "vit"})
+    with pytest.raises(FerOptError, match="'batch_size' is 'big'; expected a int"):
+        config_from_dict({"batch_size": "big"})
+
+
+def test_checkpoint_refuses_foreign_files(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(FerOptError, match="not a fer-optuna model file"):
+        trainer.read_checkpoint(tmp_path / "x.pt")
+    torch.save({"format": "other"}, tmp_path / "y.pt")
+    with pytest.raises(FerOptError, match="not a fer-optuna model file"):
+        trainer.read_checkpoint(tmp_path / "y.pt")
+
+
+def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
+    """The issue's end-to-end test: 2 epochs of cnn3 on the 500-row sample, then evaluate and predict."""
+    model = tmp_path / "model.pt"
+    out = fer_opt("train", "--data", sample_csv, "--epochs", "2", "--out", model, "--set", "hidden_dim=64").stdout
+    assert "epoch   2/2" in out and "best val accuracy" in out
+    ckpt = trainer.read_checkpoint(model)
+    assert ckpt["config"]["model"] == "cnn3" and ckpt["config"]["hidden_dim"] == 64
+
+    report = json.loads(fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "val", "--json",
+                                "--plot", tmp_path / "cm.png").stdout)
+    assert report["n"] == 150 and 0 <= report["accuracy"] <= 1
+    assert np.array(report["confusion_matrix"]).sum() == 150 and set(report["per_class"]) == set(data.CLASSES)
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    assert abs(report["accuracy"] - ckpt["meta"]["val_accuracy"]) < 1e-6
+    text = fer_opt("evaluate", "--model", model, "--data", sample_csv).stdout
+    assert "precision" in text and "confusion matrix" in text
+
+    face = tmp_path / "face.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(face)
+    lines = fer_opt("predict", "--model", model, face, face, "--json").stdout.splitlines()
+    pred = json.loads(lines[0])
+    assert len(lines) == 2 and pred["emotion"] in data.CLASSES
+    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-3
+
+    missing = fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "test", check=False)
+    assert missing.returncode == 2 and "no 'test' split" in missing.stderr

@@ -1,0 +1,155 @@
+"""Real worker processes against a real SQLite file (the PostgreSQL runs are in test_postgres.py)."""
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, fer_opt
+from fer_optuna import study as fer_study
+from fer_optuna.config import load_config
+
+TINY = ROOT / "tests" / "studies" / "tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def start_worker(url: str, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu", "--threads", "1", *args]
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "FER_OPT_HEARTBEAT": "1", **(env or {})})
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_parallel_study(url: str, data: Path, tmp: Path, n_workers: int, spec: Path = TINY) -> tuple[optuna.Study, list[str]]:
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", data)
+    logs = [tmp / f"worker{i}.log" for i in range(n_workers)]
+    procs = [start_worker(url, log, "--checkpoint-dir", tmp / "ckpt") for log in logs]
+    codes = [p.wait(timeout=600) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0] * n_workers, texts
+    return load(url, fer_study.load_spec(spec).name), texts
+
+
+def check_study_accounting(study: optuna.Study, texts: list[str], budget: int) -> None:
+    trials = study.get_trials()
+    states = collections.Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == budget, states
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0
+    assert states[TrialState.PRUNED] >= 1, "the median rule should prune at least one trial"
+    started = [int(n) for text in texts for n in re.findall(r"trial (\d+) started", text)]
+    assert len(started) == len(set(started)), f"a trial ran twice: {sorted(started)}"
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            assert t.user_attrs["worker"] and t.user_attrs["device"] == "cpu" and t.user_attrs["epochs_run"] >= 1
+            assert t.user_attrs["seconds"] > 0
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.user_attrs["n_params"] > 0 and Path(t.user_attrs["checkpoint"]).exists()
+
+
+def test_two_workers_share_one_sqlite_study_then_export_train_evaluate(tmp_path, sample_csv):
+    url = f"sqlite:///{tmp_path}/study.db"
+    study, texts = run_parallel_study(url, sample_csv, tmp_path, 2)
+    check_study_accounting(study, texts, budget=8)
+    assert all("database is locked" not in t for t in texts)
+    assert study.trials[0].params == {"batch_size": 128, "dropout": 0.2, "hidden_dim": 64, "lr": 1e-3, "weight_decay": 1e-6}
+
+    status = fer_opt("status", "--storage", url).stdout
+    assert "8/8 of the budget" in status and f"best: trial {study.best_trial.number}" in status
+
+    best = tmp_path / "best.yaml"
+    fer_opt("export", "--storage", url, "-o", best)
+    exported = load_config(best)
+    assert exported.provenance["trial"] == study.best_trial.number
+    assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value)
+    for name, value in study.best_params.items():
+        assert getattr(exported, name) == pytest.approx(value)
+    fer_opt("export", "--storage", url, "-o", tmp_path / "top.yaml", "--top", "3")
+    assert (tmp_path / "top-3.yaml").exists()
+
+    model = tmp_path / "final.pt"
+    fer_opt("train", "--config", best, "--data", sample_csv, "--out", model, "--epochs", "1")
+    assert '"accuracy"' in fer_opt("evaluate", "--model", model, "--data", sample_csv, "--json").stdout
+
+
+def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(TINY.read_text().replace("epochs: 3", "epochs: 12").replace("n_trials: 8", "n_trials: 2"))
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    victim = start_worker(url, tmp_path / "victim.log")
+    study = load(url)
+    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.get_trials()), 120,
+             "the first trial to report an epoch")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = study.get_trials()[0]
+    assert killed.state == TrialState.RUNNING, "SIGKILL leaves the trial RUNNING until a heartbeat check"
+
+    rescuer = start_worker(url, tmp_path / "rescuer.log")
+    assert rescuer.wait(timeout=300) == 0, (tmp_path / "rescuer.log").read_text()
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+
+
+def test_sigterm_fails_the_running_trial_and_exits_zero(tmp_path, sample_csv):
+    spec = tmp_path / "slow.yaml"
+    spec.write_text(TINY.read_text().replace("epochs: 3", "epochs: 50"))
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    proc = start_worker(url, tmp_path / "w.log")
+    study = load(url)
+    wait_for(lambda: any(t.intermediate_values for t in study.get_trials()), 120, "a trial to report an epoch")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, (tmp_path / "w.log").read_text()
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    assert "SIGTERM" in (tmp_path / "w.log").read_text()
+
+
+def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", TINY, "--storage", url, "--data", sample_csv)
+    proc = subprocess.run([sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu",
+                           "--per-gpu", "2", "--checkpoint-dir", tmp_path / "ckpt"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    workers = set(re.findall(r"\[worker (\S+) cpu\]", proc.stdout))
+    assert len(workers) == 2
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 8
+
+
+def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 2"))
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = start_worker(url, tmp_path / "w.log", "--wandb", env=env)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "w.log").read_text()
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    logged = b"".join(p.read_bytes() for r in runs for p in r.rglob("*.wandb"))
+    assert b"tiny-trial-0" in logged and b"val/acc" in logged
