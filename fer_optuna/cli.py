@@ -284,6 +284,23 @@ def dashboard(storage, host, port) -> None:
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     click.echo(f"dashboard for {fer_study.mask_url(fer_study.storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
     run_server(store, host=host, port=port)
+@main.group()
+def storage() -> None:
+    """Move studies between storages."""
+
+
+@storage.command("copy")
+@click.option("--from", "from_url", required=True, help="Source storage URL, e.g. sqlite:///studies/fer2013.db.")
+@click.option("--to", "to_url", required=True, help="Target storage URL, e.g. postgresql+psycopg://user:pass@host/db.")
+@click.option("--study", "study_name", help="Study to copy [default: the source's only study].")
+@click.option("--to-name", help="Name in the target [default: the same].")
+def storage_copy(from_url, to_url, study_name, to_name) -> None:
+    """Copy a study, its trials and attributes, e.g. from the SQLite file to PostgreSQL when you grow."""
+    from . import study as fer_study
+
+    name = fer_study.copy(from_url, to_url, study_name, to_name)
+    click.echo(f"copied study {name} to {fer_study.mask_url(to_url)}")
+
 
 @main.command("run")
 @click.option("--data", "data_path", required=True, envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")

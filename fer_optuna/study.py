@@ -8,6 +8,8 @@ same objective, sampler and pruner from the storage alone.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sqlite3
 import time
@@ -23,6 +25,7 @@ from optuna.trial import TrialState
 from .config import FIELDS, TrainConfig, config_from_dict, dump_config
 from .errors import FerOptError
 
+_log = logging.getLogger("fer_optuna.storage")
 DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
 ATTR_FILE, ATTR_DATA = "fer_opt.study_file", "fer_opt.data"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -221,7 +224,7 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
                 beat = _heartbeat_seconds()
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
                 hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+            storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
         reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
         raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
@@ -232,6 +235,63 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
     if storage.engine.dialect.name == "sqlite":
         _serialize_sqlite_writes(storage.engine)
     return storage
+
+
+def _retry_seconds() -> float:
+    return float(os.environ.get("FER_OPT_DB_RETRY_SECONDS", "300"))
+
+
+def _is_transient(error: BaseException | None) -> bool:
+    """A lost connection or a locked database somewhere in the exception's cause chain."""
+    import sqlalchemy.exc
+
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _retrying(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _is_transient(e):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _retry_seconds()
+                    _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
+                                 mask_url(self.url), type(e).__name__, _retry_seconds())
+                if now > deadline:
+                    raise FerOptError(f"lost the study storage {mask_url(self.url)} for over {_retry_seconds():.0f} s; "
+                                      "check that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)") from None
+                self.scoped_session.remove()  # drop the broken session; the next call reconnects
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    return call
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage that waits out a database restart instead of failing the worker.
+
+    Every storage call, the heartbeat's included, is retried with backoff while the
+    error is a lost connection (or a locked SQLite file); other errors pass through.
+    Pooled connections are pre-pinged, so the retry reconnects.
+    """
+
+
+for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + [
+        "record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval", "get_all_versions", "get_current_version"]:
+    if _name not in ("remove_session", "check_trial_is_updatable") and hasattr(optuna.storages.RDBStorage, _name):
+        setattr(RetryingRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def _serialize_sqlite_writes(engine) -> None:
@@ -373,3 +433,19 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
         header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.value:.4f}"
         dump_config(cfg, path, header)
     return paths[: len(complete)]
+
+
+def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | None = None) -> str:
+    """Copy a study, trials and attributes intact, e.g. from the SQLite file to PostgreSQL."""
+    source = open_storage(from_url)
+    name = name or single_study_name(source)
+    study, _ = load_study(name, source)
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    if running:
+        raise FerOptError(f"study {name!r} has {running} running trial(s); stop its workers before copying it")
+    target = open_storage(to_url)
+    to_name = to_name or name
+    if to_name in optuna.get_all_study_names(target):
+        raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; pass --to-name NEW")
+    optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target, to_study_name=to_name)
+    return to_name

@@ -56,3 +56,27 @@ def fer_opt(*args: str, env: dict | None = None, check: bool = True, timeout: fl
     if check and proc.returncode != 0:
         raise AssertionError(f"fer-opt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session. CI must run these tests, so there a missing server fails."""
+    from pgserver import PostgresServer, find_bin
+
+    bindir = find_bin()
+    if bindir is None:
+        message = "PostgreSQL binaries (initdb, pg_ctl) not found; install postgresql to run these tests"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path) -> str:
+    """The same test against the embedded SQLite file and a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/study.db"
+    return request.getfixturevalue("postgres").new_database()

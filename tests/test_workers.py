@@ -1,4 +1,4 @@
-"""Real worker processes against a real SQLite file (the PostgreSQL runs are in test_postgres.py)."""
+"""Real worker processes against a real SQLite file and a real PostgreSQL server."""
 
 import collections
 import os
@@ -66,21 +66,22 @@ def check_study_accounting(study: optuna.Study, texts: list[str], budget: int) -
         assert t.user_attrs["n_params"] > 0 and Path(t.user_attrs["checkpoint"]).exists()
 
 
-def test_two_workers_share_one_sqlite_study_then_export_train_evaluate(tmp_path, sample_csv):
-    url = f"sqlite:///{tmp_path}/study.db"
-    study, texts = run_parallel_study(url, sample_csv, tmp_path, 2)
+def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tmp_path, sample_csv):
+    url = storage_url
+    study, texts = run_parallel_study(url, sample_csv, tmp_path, 4)
     check_study_accounting(study, texts, budget=8)
     assert all("database is locked" not in t for t in texts)
     assert study.trials[0].params == {"batch_size": 128, "dropout": 0.2, "hidden_dim": 64, "lr": 1e-3, "weight_decay": 1e-6}
 
     status = fer_opt("status", "--storage", url).stdout
     assert "8/8 of the budget" in status and f"best: trial {study.best_trial.number}" in status
+    assert "pg-test-secret" not in status
 
     best = tmp_path / "best.yaml"
     fer_opt("export", "--storage", url, "-o", best)
     exported = load_config(best)
     assert exported.provenance["trial"] == study.best_trial.number
-    assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value)
+    assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     for name, value in study.best_params.items():
         assert getattr(exported, name) == pytest.approx(value)
     fer_opt("export", "--storage", url, "-o", tmp_path / "top.yaml", "--top", "3")

@@ -1,0 +1,77 @@
+"""A throwaway PostgreSQL server from the machine's own binaries, for the tests."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+USER, PASSWORD = "fer", "pg-test-secret"
+
+
+def find_bin() -> Path | None:
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
+    return Path(os.path.realpath(initdb)).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    def __init__(self, bindir: Path):
+        self.bindir = bindir
+        # PostgreSQL refuses to run as root: run it as the 'postgres' user, in a
+        # folder that user owns (pytest's own tmp folders are root-only).
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="fer-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        if self.as_user:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=True, capture_output=True, cwd=self.root)
+
+    def start(self) -> "PostgresServer":
+        pwfile = self.root / "pw"
+        pwfile.write_text(PASSWORD)
+        if self.as_user:
+            shutil.chown(pwfile, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8")
+        self.pg_ctl("start")
+        return self
+
+    def pg_ctl(self, action: str, mode: str = "fast") -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        args = ["-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60"]
+        if action in ("start", "restart"):
+            args += ["-o", opts]
+        if action in ("stop", "restart"):
+            args += ["-m", mode]
+        self._run("pg_ctl", action, *args)
+
+    def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
+        return f"postgresql+psycopg://{USER}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={USER} password={PASSWORD} dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        try:
+            self.pg_ctl("stop", "immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""optuna-dashboard on a real study, loaded by a real headless browser."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from conftest import ROOT, fer_opt
+
+pytestmark = pytest.mark.slow
+TINY = ROOT / "tests" / "studies" / "tiny.yaml"
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium); .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser(chromium: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000", "--window-size=1400,1000"]
+    return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
+    chromium = _chromium()
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", TINY, "--storage", url, "--data", ROOT / "README.md")
+    study = optuna.load_study(study_name="tiny", storage=url)
+    for i, value in enumerate((0.41, 0.52, 0.47)):  # finished trials, as workers would leave them
+        trial = study.ask()
+        for epoch in (1, 2):
+            trial.report(value - 0.1 / epoch, epoch)
+        study.tell(trial, value)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url, "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert server.poll() is None and time.monotonic() < deadline, "dashboard did not start"
+            time.sleep(0.3)
+        page = f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials"
+        for _ in range(3):  # the page is a JavaScript app: a slow first start may catch it still loading
+            dom = _browser(chromium, tmp_path, "--dump-dom", page).stdout
+            if "3 Trials" in dom:
+                break
+        assert "tiny (id=" in dom and "3 Trials" in dom, dom[-2000:]
+        assert all(f"Trial {i}" in dom for i in range(3)) and "Best Trial" in dom
+        assert "0.41" in dom, "the selected first trial shows its value"
+        shot = tmp_path / "dashboard.png"
+        _browser(chromium, tmp_path, f"--screenshot={shot}", page)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("FER_OPT_KEEP_SCREENSHOT"):
+            shutil.copy(shot, os.environ["FER_OPT_KEEP_SCREENSHOT"])
+    finally:
+        server.terminate()
+        out = server.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}/dashboard/" in out
+
+
+def test_dashboard_warns_when_exposed(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url, "--host", "0.0.0.0",
+                               "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    server.terminate()
+    _, err = server.communicate(timeout=30)
+    assert "warning: listening on 0.0.0.0" in err

@@ -1,0 +1,101 @@
+"""Against a real PostgreSQL server: outages, storage copy, the dashboard, bad credentials."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, fer_opt
+from pgserver import PASSWORD
+from test_workers import TINY, start_worker, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+def test_workers_survive_a_postgres_restart_mid_study(postgres, tmp_path, sample_csv):
+    url = postgres.new_database()
+    spec = tmp_path / "six.yaml"
+    spec.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 6").replace("epochs: 3", "epochs: 6"))
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    env = {"FER_OPT_HEARTBEAT": "2"}
+    procs = [start_worker(url, tmp_path / f"w{i}.log", env=env) for i in range(2)]
+    study = optuna.load_study(study_name="tiny", storage=url)
+    wait_for(lambda: len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) >= 1
+             and any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.get_trials()), 180,
+             "a finished trial and a running one")
+    finished_before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    postgres.pg_ctl("restart", "fast")  # terminates every connection
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    assert any("unavailable" in log for log in logs), "a worker should have noticed the outage"
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 6
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    for number, value in finished_before.items():
+        assert trials[number].value == value, "a completed trial was lost"
+
+
+def test_storage_copy_sqlite_to_postgres_and_back(postgres, tmp_path):
+    sqlite = f"sqlite:///{tmp_path}/a.db"
+    fer_opt("create-study", "--config", TINY, "--storage", sqlite, "--data", ROOT / "README.md")
+    study = optuna.load_study(study_name="tiny", storage=sqlite)
+    for value in (0.3, 0.5):
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.set_user_attr("worker", "host:1")
+        trial.report(value / 2, 1)
+        study.tell(trial, value)
+    pg = postgres.new_database()
+    fer_opt("storage", "copy", "--from", sqlite, "--to", pg)
+    back = f"sqlite:///{tmp_path}/b.db"
+    fer_opt("storage", "copy", "--from", pg, "--to", back)
+    for url in (pg, back):
+        copied = optuna.load_study(study_name="tiny", storage=url)
+        assert copied.user_attrs == study.user_attrs
+        assert [(t.number, t.state, t.value, t.params, t.user_attrs, t.intermediate_values) for t in copied.trials] == \
+               [(t.number, t.state, t.value, t.params, t.user_attrs, t.intermediate_values) for t in study.trials]
+    assert "8/8" not in fer_opt("status", "--storage", pg).stdout
+    again = fer_opt("storage", "copy", "--from", sqlite, "--to", pg, check=False)
+    assert again.returncode == 2 and "already has a study 'tiny'" in again.stderr and PASSWORD not in again.stderr
+
+
+def test_dashboard_serves_a_postgres_study(postgres, tmp_path):
+    url = postgres.new_database()
+    fer_opt("create-study", "--config", TINY, "--storage", url, "--data", ROOT / "README.md")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url, "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "dashboard did not start"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["tiny"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out = server.communicate(timeout=30)[0]
+    assert PASSWORD not in out and "fer:***@" in out
+
+
+def test_wrong_password_is_one_masked_line(postgres):
+    proc = fer_opt("status", "--storage", postgres.url(password="wrong-pass"), check=False)
+    assert proc.returncode == 2 and "wrong-pass" not in proc.stderr and PASSWORD not in proc.stderr
+    assert "cannot reach the study storage" in proc.stderr and "password authentication failed" in proc.stderr
+    assert proc.stderr.count("\n") == 1
