@@ -221,7 +221,7 @@ def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> Non
 @click.option("--per-gpu", default="1", help="Worker processes per device, or auto (1 on CPU, 2 per GPU).")
 @click.option("--n-trials", type=int, help="Stop after this many trials of this worker [default: the study's budget].")
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
-@click.option("--data", help="This machine's copy of the data [default: the path stored with the study].")
+@click.option("--data", envvar="FER_OPT_DATA", help="This machine's copy of the data [default: the path stored with the study] [env FER_OPT_DATA]")
 @click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
 @click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
 @click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")

@@ -72,14 +72,15 @@ def _check_keys(where: str, given: dict, allowed: set[str]) -> None:
 def _parse_param(where: str, name: str, raw: Any) -> Param:
     if name not in FIELDS or name == "provenance":
         raise FerOptError(f"{where}.{name}: not a training config field; searchable fields are {', '.join(f for f in FIELDS if f != 'provenance')}")
-    if not isinstance(raw, dict) or raw.get("type") not in PARAM_TYPES:
+    if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in PARAM_TYPES:
         raise FerOptError(f"{where}.{name}: expected a mapping with type: categorical, int or float")
     kind = raw["type"]
     _check_keys(f"{where}.{name}", raw, PARAM_TYPES[kind] | {"type"})
     if kind == "categorical":
         choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise FerOptError(f"{where}.{name}: categorical needs a non-empty list of choices")
+        if not isinstance(choices, list) or not choices or not all(
+                c is None or isinstance(c, (bool, int, float, str)) for c in choices):
+            raise FerOptError(f"{where}.{name}: categorical needs a non-empty list of plain values (numbers, strings)")
         return Param(name, kind, choices=tuple(choices))
     try:
         low, high = float(raw["low"]), float(raw["high"])
@@ -109,8 +110,17 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
     for key in ("name", "n_trials", "search_space"):
         if key not in raw:
             raise FerOptError(f"{where}: missing key '{key}'")
-    if not isinstance(raw["n_trials"], int) or raw["n_trials"] < 1:
+    if not isinstance(raw["name"], str) or not raw["name"].strip():
+        raise FerOptError(f"{where}: name must be a non-empty string")
+    if not isinstance(raw["n_trials"], int) or isinstance(raw["n_trials"], bool) or raw["n_trials"] < 1:
         raise FerOptError(f"{where}: n_trials must be a positive integer (the study's total trial budget)")
+    for key in ("train", "sampler", "pruner"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise FerOptError(f"{where}: {key} must be a mapping")
+    if raw.get("enqueue") is not None and not isinstance(raw["enqueue"], list):
+        raise FerOptError(f"{where}: enqueue must be a list of parameter mappings")
+    if raw.get("data") is not None and not isinstance(raw["data"], str):
+        raise FerOptError(f"{where}: data must be a path")
     train = config_from_dict(raw.get("train") or {}, f"{where}: train")
     space_raw = raw["search_space"]
     if not isinstance(space_raw, dict) or not space_raw:
@@ -122,7 +132,7 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
     sampler = dict(raw.get("sampler") or {"type": "tpe"})
     pruner = dict(raw.get("pruner") or {"type": "median"})
     for what, table, value in (("sampler", SAMPLERS, sampler), ("pruner", PRUNERS, pruner)):
-        if value.get("type") not in table:
+        if not isinstance(value.get("type"), str) or value["type"] not in table:
             raise FerOptError(f"{where}: {what}.type must be one of {', '.join(table)}")
         _check_keys(f"{where}: {what}", value, table[value["type"]] | {"type"})
     enqueue = tuple(raw.get("enqueue") or ())
@@ -131,7 +141,13 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         if not isinstance(params, dict) or set(params) - names:
             raise FerOptError(f"{where}: enqueue[{i}] must set only search-space parameters ({', '.join(sorted(names))})")
         config_from_dict({**train.to_dict(), **params}, f"{where}: enqueue[{i}]")
-    return StudySpec(str(raw["name"]), raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text)
+    spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text)
+    try:  # build them once here, so that a bad option fails now and not in every worker
+        make_sampler(spec)
+        make_pruner(spec)
+    except (TypeError, ValueError) as e:
+        raise FerOptError(f"{where}: bad sampler or pruner option ({e})") from None
+    return spec
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -222,7 +238,7 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
             hb: dict[str, Any] = {}
             if heartbeat:
                 beat = _heartbeat_seconds()
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
                 hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
             storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:

@@ -50,6 +50,7 @@ class TrainResult:
     seconds: float
     n_params: int
     history: list[EpochStats] = field(default_factory=list)
+    resumed_at: int = 0  # the epoch a resumed run started after; 0 for a fresh run
 
 
 class NonFiniteLoss(FerOptError):
@@ -284,11 +285,48 @@ def _progress(enabled: bool | None, total: int, epoch: int, epochs: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, dynamic_ncols=True)
 
 
+def _save_state(path: Path, cfg: TrainConfig, model, opt, sched, ema, gen, rng, result: TrainResult) -> None:
+    _atomic_save({
+        "format": CHECKPOINT_FORMAT, "kind": "state", "config": cfg.to_dict(), "model": model.state_dict(),
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+        "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
+        "history": [vars(h) for h in result.history], "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+    }, path)
+
+
+def _load_state(path: Path, cfg: TrainConfig, model, opt, sched, ema, gen, rng, result: TrainResult) -> int:
+    """Restore a run saved by _save_state; returns the last completed epoch (0 if none usable)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a missing or damaged state file means a fresh start, never a crash
+        return 0
+    if state.get("config") != cfg.to_dict():
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+    result.history = [EpochStats(**h) for h in state["history"]]
+    result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+    return len(result.history)
+
+
 def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
           on_epoch: Callable[[EpochStats], bool | None] | None = None,
-          checkpoint: str | Path | None = None, progress: bool | None = None,
+          checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
           log: Callable[[str], None] | None = print) -> TrainResult:
-    """Train on data's train split, select on its val split. `on_epoch` may return True to stop."""
+    """Train on data's train split, select on its val split. `on_epoch` may return True to stop.
+
+    With `state`, the whole run (weights, optimizer, schedule, RNG streams) is saved
+    there after every epoch, and a run that finds the file resumes after its last epoch.
+    """
     device = device or resolve_device()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device).manual_seed(cfg.seed)
@@ -307,8 +345,10 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(model))
+    if state is not None and Path(state).exists():
+        result.resumed_at = result.epochs_run = _load_state(Path(state), cfg, model, opt, sched, ema, gen, rng, result)
     start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(result.resumed_at + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         bar = _progress(progress, steps * min(cfg.batch_size, len(train_split)), epoch, cfg.epochs)
         try:
@@ -329,6 +369,8 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
             result.best_val_acc, result.best_epoch = val_acc, epoch
             if checkpoint is not None:
                 save_checkpoint(checkpoint, scored, cfg, val_accuracy=val_acc, epoch=epoch, source=data.source)
+        if state is not None:
+            _save_state(Path(state), cfg, model, opt, sched, ema, gen, rng, result)
         if log is not None:
             log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {stats.lr:.2e}  {stats.seconds:.1f}s")

@@ -10,6 +10,8 @@ exceeded: a trial that starts beyond it is dropped as failed with that reason.
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -68,14 +71,22 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
         cfg = spec.train.replace(**params)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", str(device))
-        checkpoint = None
+        checkpoint = state = None
         if opts.checkpoint_dir:
-            checkpoint = os.path.join(opts.checkpoint_dir, study.study_name, f"trial-{trial.number}.pt")
-            trial.set_user_attr("checkpoint", checkpoint)
+            folder = Path(opts.checkpoint_dir) / study.study_name
+            checkpoint, state = folder / f"trial-{trial.number}.pt", folder / f"trial-{trial.number}.state.pt"
+            trial.set_user_attr("checkpoint", str(checkpoint))
+            _take_over_state(study, trial, folder, state)
         tracker = TrialTracker(study.study_name, trial.number, params) if opts.wandb else None
         started = time.perf_counter()
 
+        first_epoch = []
+
         def on_epoch(stats: trainer.EpochStats) -> None:
+            if not first_epoch:
+                first_epoch.append(stats.epoch)
+                if stats.epoch > 1:  # this attempt resumed an earlier one's run
+                    trial.set_user_attr("resumed_at_epoch", stats.epoch - 1)
             trial.report(stats.val_acc, stats.epoch)
             trial.set_user_attr("epochs_run", stats.epoch)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
@@ -85,15 +96,17 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
                 raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
 
         log(f"trial {trial.number} started: {params}")
-        state = "failed"
+        outcome = "failed"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         try:
             result = trainer.train(cfg, data, device=device, on_epoch=on_epoch, checkpoint=checkpoint,
-                                   progress=False, log=None)
-            state = "complete"
+                                   state=state, progress=False, log=None)
+            outcome = "complete"
             if tracker:
                 tracker.summary(result.best_val_acc, result.n_params)
         except optuna.TrialPruned as e:
-            state = "pruned"
+            outcome = "pruned"
             log(f"trial {trial.number} pruned: {e}")
             raise
         except torch.OutOfMemoryError:
@@ -106,14 +119,35 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
             trial.set_user_attr("fail_reason", str(e))
             raise TrialDropped(str(e)) from None
         finally:
+            _record_peak_memory(trial, device)
             if tracker:
-                tracker.finish(state)
+                tracker.finish(outcome)
+            if state is not None and outcome != "failed":
+                state.unlink(missing_ok=True)  # only an interrupted trial needs its state
         trial.set_user_attr("n_params", result.n_params)
         trial.set_user_attr("best_epoch", result.best_epoch)
         log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
         return result.best_val_acc
 
     return objective
+
+
+def _take_over_state(study: optuna.Study, trial: optuna.Trial, folder: Path, state: Path) -> None:
+    """A retry of a trial whose worker died continues from that attempt's last epoch."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    for previous in reversed(frozen.system_attrs.get("retry_history", [])):
+        earlier = folder / f"trial-{previous}.state.pt"
+        if earlier.exists():
+            shutil.copy(earlier, state)
+            trial.set_user_attr("resumed_from_trial", previous)
+            return
+
+
+def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
+    """Peak host RSS of this worker so far and the trial's peak GPU memory: how many workers fit."""
+    trial.set_user_attr("host_peak_mb", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    if device.type == "cuda":
+        trial.set_user_attr("gpu_peak_mb", round(torch.cuda.max_memory_allocated(device) / 2**20))
 
 
 def _install_signal_handlers(log) -> None:

@@ -136,3 +136,33 @@ def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
 
     missing = fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "test", check=False)
     assert missing.returncode == 2 and "no 'test' split" in missing.stderr
+
+
+@pytest.mark.parametrize("options", [dict(), dict(scheduler="onecycle", ema=0.9, mixup=0.4, optimizer="sgd")])
+def test_an_interrupted_run_resumes_on_the_same_path(tmp_path, options):
+    cfg = TrainConfig(model="cnn_small", epochs=4, batch_size=16, seed=5, **options)
+    cpu = torch.device("cpu")
+    straight = trainer.train(cfg, _tiny_data(), device=cpu, log=None)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_2(stats):
+        if stats.epoch == 2:
+            raise Killed
+
+    state = tmp_path / "trial.state.pt"
+    with pytest.raises(Killed):
+        trainer.train(cfg, _tiny_data(), device=cpu, state=state, on_epoch=die_after_2, log=None)
+    resumed = trainer.train(cfg, _tiny_data(), device=cpu, state=state, log=None)
+    assert resumed.resumed_at == 2 and resumed.epochs_run == 4
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in straight.history]
+    assert resumed.best_val_acc == straight.best_val_acc
+
+
+def test_a_state_file_of_another_config_is_ignored(tmp_path):
+    cpu = torch.device("cpu")
+    state = tmp_path / "s.pt"
+    trainer.train(TrainConfig(model="mlp", epochs=1), _tiny_data(), device=cpu, state=state, log=None)
+    other = trainer.train(TrainConfig(model="mlp", epochs=2, lr=0.01), _tiny_data(), device=cpu, state=state, log=None)
+    assert other.resumed_at == 0 and other.epochs_run == 2

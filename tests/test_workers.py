@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -154,3 +155,46 @@ def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
     assert len(runs) == 2
     logged = b"".join(p.read_bytes() for r in runs for p in r.rglob("*.wandb"))
     assert b"tiny-trial-0" in logged and b"val/acc" in logged
+
+
+def _in_process_study(tmp_path, sample_csv, enqueue):
+    from fer_optuna import data, worker
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    created, _ = fer_study.create(TINY, url, data=str(sample_csv))
+    for params in enqueue:
+        created.enqueue_trial(params)
+    study, spec = fer_study.load_study("tiny", fer_study.open_storage(url))
+    opts = worker.WorkerOptions("tiny", url, "cpu")
+    objective = worker.make_objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
+    return study, objective
+
+
+def test_out_of_memory_fails_only_that_trial_with_the_batch_size(tmp_path, sample_csv, monkeypatch):
+    from fer_optuna import augment, worker
+
+    real = augment.augment
+
+    def small_memory(x, cfg, gen):  # as if the device could not hold a batch of 128
+        if len(x) >= 128:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, cfg, gen)
+
+    monkeypatch.setattr(augment, "augment", small_memory)
+    base = {"dropout": 0.2, "hidden_dim": 64, "lr": 1e-3, "weight_decay": 1e-6}
+    study, objective = _in_process_study(tmp_path, sample_csv, [{**base, "batch_size": 128}, {**base, "batch_size": 32}])
+    study.optimize(objective, n_trials=3, catch=(worker.TrialDropped,))
+    oom, *rest = study.get_trials()[1:]
+    assert oom.state == TrialState.FAIL and oom.user_attrs["fail_reason"] == "out of memory at batch_size 128 on cpu"
+    assert rest[0].state == TrialState.COMPLETE, "the worker goes on after an OOM"
+
+
+def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypatch):
+    from fer_optuna import worker
+
+    real = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("inf"))
+    study, objective = _in_process_study(tmp_path, sample_csv, [])
+    study.optimize(objective, n_trials=2, catch=(worker.TrialDropped,))
+    for t in study.get_trials():
+        assert t.state == TrialState.FAIL and "training loss became" in t.user_attrs["fail_reason"]

@@ -1,0 +1,73 @@
+"""Chaos: 4 workers on a study of 60 tiny trials while workers are SIGKILLed and restarted
+(and, on PostgreSQL, the server restarted). At the end: exactly the budget of finished
+trials, none left running, every killed trial failed and retried, at least one retry
+resumed from its checkpoint, and no finished trial lost."""
+
+import os
+import random
+import signal
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import fer_opt
+from test_workers import TINY, start_worker
+
+pytestmark = pytest.mark.slow
+BUDGET, WORKERS, KILLS = 60, 4, 6
+
+
+def test_chaos(storage_url, tmp_path, sample_csv, request):
+    spec = tmp_path / "chaos.yaml"
+    spec.write_text(TINY.read_text().replace("n_trials: 8", f"n_trials: {BUDGET}").replace("epochs: 3", "epochs: 4")
+                    .replace("choices: [32, 64, 128]", "choices: [64, 128]"))
+    fer_opt("create-study", "--config", spec, "--storage", storage_url, "--data", sample_csv)
+    args = ("--checkpoint-dir", str(tmp_path / "ckpt"))
+    env = {"FER_OPT_HEARTBEAT": "1"}
+    procs = [start_worker(storage_url, tmp_path / f"w{i}.log", *args, env=env) for i in range(WORKERS)]
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    rng = random.Random(0)
+    kills, restarted_db, seen_finished = [], False, {}
+    deadline = time.monotonic() + 600
+    while any(p.poll() is None for p in procs):
+        assert time.monotonic() < deadline, "the chaos study did not finish in 10 minutes"
+        time.sleep(rng.uniform(2, 4))
+        trials = study.get_trials()
+        seen_finished.update({t.number: t.value for t in trials if t.state == TrialState.COMPLETE})
+        if len(kills) < KILLS:
+            # Kill a worker in the middle of a trial that has finished an epoch, so its retry can resume.
+            busy = {int(t.user_attrs["worker"].split(":")[1]): t.number for t in trials
+                    if t.state == TrialState.RUNNING and t.intermediate_values and "worker" in t.user_attrs}
+            victims = [i for i, p in enumerate(procs) if p.poll() is None and p.pid in busy]
+            if victims:
+                i = rng.choice(victims)
+                procs[i].send_signal(signal.SIGKILL)
+                procs[i].wait()
+                kills.append(busy[procs[i].pid])
+                procs[i] = start_worker(storage_url, tmp_path / f"w{i}-{len(kills)}.log", *args, env=env)
+        if "postgres" in request.node.callspec.id and not restarted_db and len(seen_finished) >= BUDGET // 3:
+            request.getfixturevalue("postgres").pg_ctl("restart", "fast")
+            restarted_db = True
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("w*.log"))
+    assert all(p.returncode in (0, -signal.SIGKILL) for p in procs), logs[-3000:]
+
+    trials = study.get_trials()
+    states = [t.state for t in trials]
+    finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    resumed = [t for t in trials if "resumed_at_epoch" in t.user_attrs]
+    print(f"\nchaos on {request.node.callspec.id}: {finished} finished ({states.count(TrialState.COMPLETE)} complete, "
+          f"{states.count(TrialState.PRUNED)} pruned), {states.count(TrialState.FAIL)} failed, {len(kills)} kills, "
+          f"{len(retried)} retried, {len(resumed)} resumed, db restarted: {restarted_db}")
+    assert len(kills) == KILLS
+    assert finished == BUDGET
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    for number in kills:
+        assert trials[number].state == TrialState.FAIL, f"killed trial {number} is {trials[number].state}"
+        assert number in retried, f"killed trial {number} was not retried"
+    assert resumed, "no retried trial resumed from its checkpoint"
+    assert all(t.user_attrs["resumed_at_epoch"] >= 1 for t in resumed)
+    for number, value in seen_finished.items():
+        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
