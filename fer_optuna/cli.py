@@ -284,6 +284,48 @@ def dashboard(storage, host, port) -> None:
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     click.echo(f"dashboard for {fer_study.mask_url(fer_study.storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
     run_server(store, host=host, port=port)
+
+
+@main.command()
+@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STORAGE_OPTION
+@click.option("--top", type=int, default=5, help="How many of the best trials vote.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default="ensemble.pt", help="Ensemble file; evaluate and predict take it like a model.")
+@click.option("--data", help="Measure the ensemble's val accuracy on this data [default: the study's data].")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+def ensemble(study_name, storage, top, out, data, device) -> None:
+    """Soft-voting ensemble of the study's K best trials (their best checkpoints)."""
+    from . import data as fer_data
+    from . import report, trainer
+
+    found, _ = _open_study(storage, study_name)
+    members = report.build_ensemble(found, top, out)
+    click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
+               f"(val {', '.join(f'{t.value:.4f}' for t in members)})")
+    loaded = fer_data.load(data or found.user_attrs["fer_opt.data"])
+    acc, _ = report.val_accuracy(Path(out), loaded, trainer.resolve_device(device))
+    click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].value:+.4f} over the best trial)")
+
+
+@main.command("report")
+@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STORAGE_OPTION
+@click.option("-o", "--out", type=click.Path(path_type=Path), default="report.html", help="The HTML page to write.")
+@click.option("--data", help="Evaluate the best trial on this data [default: the study's data]; 'none' to skip.")
+@click.option("--top", type=int, default=5, help="Ensemble size shown in the report.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+def report_cmd(study_name, storage, out, data, top, device) -> None:
+    """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
+    from . import data as fer_data
+    from . import report, trainer
+
+    found, spec = _open_study(storage, study_name)
+    source = data or found.user_attrs["fer_opt.data"]
+    loaded = None if source == "none" else fer_data.load(source)
+    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top)
+    click.echo(f"wrote {out}")
+
+
 @main.group()
 def storage() -> None:
     """Move studies between storages."""

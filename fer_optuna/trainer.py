@@ -265,11 +265,36 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+class SoftVote(nn.Module):
+    """An ensemble that averages its members' class probabilities (returned as log-probabilities)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-8).log()
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
-    cfg = config_from_dict(ckpt["config"], "checkpoint config")
-    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device, memory_format=torch.channels_last).eval(), cfg
+    """A single model, or a SoftVote for an ensemble file; both evaluate and predict alike."""
+    members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
+    models, configs = [], []
+    for member in members:
+        cfg = config_from_dict(member["config"], "checkpoint config")
+        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+        model.load_state_dict(member["state_dict"])
+        models.append(model)
+        configs.append(cfg)
+    model = models[0] if len(models) == 1 and ckpt.get("kind") != "ensemble" else SoftVote(models)
+    return model.to(device, memory_format=torch.channels_last).eval(), configs[0]
+
+
+def save_ensemble(path: str | Path, checkpoints: list[dict], **meta: Any) -> None:
+    members = [{"config": c["config"], "state_dict": c["state_dict"], "meta": c.get("meta", {})} for c in checkpoints]
+    _atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(CLASSES), "members": members,
+                  "config": members[0]["config"], "meta": meta}, Path(path))
 
 
 # --------------------------------------------------------------------------- the loop

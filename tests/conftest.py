@@ -1,5 +1,3 @@
-import gzip
-import io
 import os
 import subprocess
 import sys

@@ -3,7 +3,6 @@
 trials, none left running, every killed trial failed and retried, at least one retry
 resumed from its checkpoint, and no finished trial lost."""
 
-import os
 import random
 import signal
 import time
@@ -13,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import fer_opt
+from fer_optuna import study as fer_study
 from test_workers import TINY, start_worker
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     args = ("--checkpoint-dir", str(tmp_path / "ckpt"))
     env = {"FER_OPT_HEARTBEAT": "1"}
     procs = [start_worker(storage_url, tmp_path / f"w{i}.log", *args, env=env) for i in range(WORKERS)]
-    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    study = optuna.load_study(study_name="tiny", storage=fer_study.open_storage(storage_url))
     rng = random.Random(0)
     kills, restarted_db, seen_finished = [], False, {}
     deadline = time.monotonic() + 600
@@ -45,9 +45,14 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
                 i = rng.choice(victims)
                 procs[i].send_signal(signal.SIGKILL)
                 procs[i].wait()
-                kills.append(busy[procs[i].pid])
+                # The worker may have moved on since we looked: its trial is the one still RUNNING under it.
+                tag = f":{procs[i].pid}"
+                hit = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))
+                       if t.user_attrs.get("worker", "").endswith(tag)]
+                kills.append(hit[0] if hit else None)
                 procs[i] = start_worker(storage_url, tmp_path / f"w{i}-{len(kills)}.log", *args, env=env)
-        if "postgres" in request.node.callspec.id and not restarted_db and len(seen_finished) >= BUDGET // 3:
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        if "postgres" in request.node.callspec.id and not restarted_db and done >= BUDGET // 3:
             request.getfixturevalue("postgres").pg_ctl("restart", "fast")
             restarted_db = True
     logs = "\n".join(p.read_text() for p in tmp_path.glob("w*.log"))
@@ -57,14 +62,18 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     states = [t.state for t in trials]
     finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    killed = {n for n in kills if n is not None}
     resumed = [t for t in trials if "resumed_at_epoch" in t.user_attrs]
     print(f"\nchaos on {request.node.callspec.id}: {finished} finished ({states.count(TrialState.COMPLETE)} complete, "
-          f"{states.count(TrialState.PRUNED)} pruned), {states.count(TrialState.FAIL)} failed, {len(kills)} kills, "
+          f"{states.count(TrialState.PRUNED)} pruned), {states.count(TrialState.FAIL)} failed, {len(kills)} kills "
+          f"({len(killed)} mid-trial), "
           f"{len(retried)} retried, {len(resumed)} resumed, db restarted: {restarted_db}")
-    assert len(kills) == KILLS
+    assert len(kills) == KILLS and killed
+    assert restarted_db == ("postgres" in request.node.callspec.id)
     assert finished == BUDGET
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    for number in kills:
+    assert {t.number for t in trials if t.state == TrialState.FAIL} == killed, "only killed trials may fail"
+    for number in killed:
         assert trials[number].state == TrialState.FAIL, f"killed trial {number} is {trials[number].state}"
         assert number in retried, f"killed trial {number} was not retried"
     assert resumed, "no retried trial resumed from its checkpoint"

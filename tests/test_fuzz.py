@@ -1,10 +1,8 @@
 """Property-based fuzzing: every input either loads or ends in FerOptError with a message; nothing else escapes."""
 
-import io
 import os
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -1,7 +1,6 @@
 """Against a real PostgreSQL server: outages, storage copy, the dashboard, bad credentials."""
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -1,11 +1,9 @@
-from pathlib import Path
 
 import optuna
 import pytest
 
 from conftest import ROOT, fer_opt
 from fer_optuna import study as fer_study
-from fer_optuna.config import load_config
 from fer_optuna.errors import FerOptError
 
 TINY = ROOT / "tests" / "studies" / "tiny.yaml"

@@ -1,0 +1,101 @@
+"""After a study: the top-K soft-voting ensemble, and one self-contained HTML report page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from . import data as fer_data
+from . import metrics, trainer
+from .errors import FerOptError
+from .study import StudySpec
+
+
+def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+    """The `top` best complete trials whose best checkpoint is on this machine."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
+    with_ckpt = [t for t in complete if Path(t.user_attrs.get("checkpoint", "")).is_file()]
+    if not with_ckpt:
+        raise FerOptError(f"study {study.study_name!r} has no complete trial with a checkpoint on this machine; "
+                          "workers write them to --checkpoint-dir (default studies/checkpoints)")
+    return with_ckpt[:top]
+
+
+def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.device, tta: bool = False) -> tuple[float, dict]:
+    ckpt = trainer.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
+    model, cfg = trainer.model_from_checkpoint(ckpt, device)
+    images, labels = data.split("val")
+    _, acc, probs = trainer.evaluate(model, trainer.to_device(images, labels, device), trainer.use_bf16(cfg.precision, device), tta)
+    return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
+
+
+def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.trial.FrozenTrial]:
+    trials = best_trials(study, top)
+    ckpts = [trainer.read_checkpoint(t.user_attrs["checkpoint"]) for t in trials]
+    trainer.save_ensemble(out, ckpts, study=study.study_name, trials=[t.number for t in trials],
+                          val_accuracies=[t.value for t in trials])
+    return trials
+
+
+def _figure_html(fig, first: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs="inline" if first else False, default_height=420)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data.FerData | None,
+                 device: torch.device, ensemble_top: int = 5) -> Path:
+    from optuna import visualization as vis
+
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    sections = [f"<h1>Study {html.escape(study.study_name)}</h1>",
+                f"<p>{states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed of a budget of "
+                f"{spec.n_trials} trials. Selected on val (PublicTest). Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    plots = [("Optimisation history", vis.plot_optimization_history),
+             ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values),
+             ("Parallel coordinates", vis.plot_parallel_coordinate)]
+    if states["complete"] >= 2:
+        plots.insert(2, ("Parameter importances", vis.plot_param_importances))
+    for i, (title, plot) in enumerate(plots):
+        sections += [f"<h2>{title}</h2>", _figure_html(plot(study), first=i == 0)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        sections += [f"<h2>Best trial: {best.number}, val accuracy {best.value:.4f}</h2>",
+                     _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
+        ckpt = Path(best.user_attrs.get("checkpoint", ""))
+        if data is not None and ckpt.is_file():
+            acc, rep = val_accuracy(ckpt, data, device)
+            tta_acc, _ = val_accuracy(ckpt, data, device, tta=True)
+            sections += [f"<p>val accuracy {acc:.4f}; with 10-view TTA {tta_acc:.4f} ({tta_acc - acc:+.4f})</p>",
+                         _table([[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+                                 for c, m in rep["per_class"].items()], ["class", "precision", "recall", "F1", "support"])]
+            buffer = io.BytesIO()
+            metrics.plot_confusion(rep, buffer, f"best trial {best.number}: val accuracy {acc:.3f}")
+            sections.append(f'<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
+            members = best_trials(study, ensemble_top)
+            if len(members) > 1:
+                ens = {"format": trainer.CHECKPOINT_FORMAT, "kind": "ensemble",
+                       "members": [trainer.read_checkpoint(t.user_attrs["checkpoint"]) for t in members]}
+                ens_acc, _ = val_accuracy(ens, data, device)
+                sections.append(f"<h2>Ensemble of the top {len(members)}</h2><p>soft-voting val accuracy {ens_acc:.4f}, "
+                                f"{ens_acc - acc:+.4f} over the best single model (trials "
+                                f"{', '.join(str(t.number) for t in members)})</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fer-optuna: {html.escape(study.study_name)}</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    out.write_text(page)
+    return out

@@ -1,0 +1,49 @@
+"""CUDA-only checks, run by benchmarks/gpu_check.sh on a GPU machine; skipped elsewhere."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fer_optuna import data, trainer
+from fer_optuna.config import TrainConfig
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _data(n=512):
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 7
+    images = (rng.integers(0, 60, (n, 48, 48)) + labels[:, None, None] * 25).astype(np.uint8)
+    return data.FerData({"train": images, "val": images[:128]}, {"train": labels, "val": labels[:128]}, "synthetic")
+
+
+@pytest.mark.parametrize("model", ["cnn3", "resnet18"])
+def test_trains_on_cuda_in_bf16_and_the_checkpoint_runs_on_cpu(tmp_path, model):
+    cfg = TrainConfig(model=model, epochs=3, batch_size=64, width=0.25, crop=44, erasing=0.2, mixup=0.2, ema=0.9)
+    result = trainer.train(cfg, _data(), device=torch.device("cuda"), checkpoint=tmp_path / "m.pt", log=None)
+    assert result.best_val_acc > 0.3
+    model_cpu, _ = trainer.model_from_checkpoint(trainer.read_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
+    split = trainer.to_device(*_data().split("val"), torch.device("cpu"))
+    _, acc, _ = trainer.evaluate(model_cpu, split, bf16=False)
+    assert abs(acc - result.best_val_acc) < 0.05
+
+
+def test_training_step_makes_no_host_syncs():
+    cfg = TrainConfig(model="cnn3", batch_size=64)
+    split = trainer.to_device(*_data().split("train"), torch.device("cuda"))
+    model = trainer.build_model("cnn3", 0.3, 128).cuda().to(memory_format=torch.channels_last)
+    opt = trainer.make_optimizer(cfg, model, torch.device("cuda"))
+    gen = torch.Generator("cuda").manual_seed(0)
+    args = (model, opt, None, torch.nn.CrossEntropyLoss(), split, cfg, gen, np.random.default_rng(0), True)
+    trainer.train_epoch(*args)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train_epoch(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 2, "only the two epoch-end .item() calls may wait for the GPU"

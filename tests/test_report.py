@@ -1,0 +1,74 @@
+"""Top-K ensembles and the study report, on a real (tiny) study; the report is looked at in a real browser."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, fer_opt
+from fer_optuna import data, trainer, worker
+from fer_optuna import study as fer_study
+from test_dashboard import _browser, _chromium
+
+pytestmark = pytest.mark.slow
+TINY = ROOT / "tests" / "studies" / "tiny.yaml"
+
+
+@pytest.fixture
+def finished_study(tmp_path, sample_csv):
+    spec_file = tmp_path / "four.yaml"
+    spec_file.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 4").replace("type: median", "type: none")
+                         .replace(", n_startup_trials: 2, n_warmup_steps: 0", "").replace("epochs: 3", "epochs: 2"))
+    url = f"sqlite:///{tmp_path}/s.db"
+    fer_study.create(spec_file, url, data=str(sample_csv))
+    study, spec = fer_study.load_study("tiny", fer_study.open_storage(url))
+    opts = worker.WorkerOptions("tiny", url, "cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    objective = worker.make_objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
+    study.optimize(objective, n_trials=4)
+    return url, study
+
+
+def test_ensemble_of_the_top_trials_evaluates_and_predicts_like_a_model(finished_study, tmp_path, sample_csv):
+    url, study = finished_study
+    ens = tmp_path / "ens.pt"
+    out = fer_opt("ensemble", "--storage", url, "--top", "3", "-o", ens, "--data", sample_csv).stdout
+    assert "ensemble val accuracy" in out
+    ckpt = trainer.read_checkpoint(ens)
+    assert ckpt["kind"] == "ensemble" and len(ckpt["members"]) == 3
+    best3 = sorted((t for t in study.trials), key=lambda t: t.value, reverse=True)[:3]
+    assert ckpt["meta"]["trials"] == [t.number for t in best3]
+    report = json.loads(fer_opt("evaluate", "--model", ens, "--data", sample_csv, "--json", "--tta").stdout)
+    assert report["n"] == 150 and report["tta"] is True
+    face = tmp_path / "face.png"
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(face)
+    pred = json.loads(fer_opt("predict", "--model", ens, face, "--json").stdout)
+    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-3
+
+
+def test_soft_vote_averages_member_probabilities():
+    members = [torch.nn.Linear(2, 7), torch.nn.Linear(2, 7)]
+    x = torch.randn(5, 2)
+    vote = trainer.SoftVote(members)(x).exp()
+    expected = (members[0](x).softmax(-1) + members[1](x).softmax(-1)) / 2
+    assert torch.allclose(vote, expected, atol=1e-6)
+
+
+def test_report_is_one_page_a_browser_renders(finished_study, tmp_path, sample_csv):
+    chromium = _chromium()
+    url, study = finished_study
+    page = tmp_path / "report.html"
+    fer_opt("report", "--storage", url, "-o", page, "--data", sample_csv, "--top", "3")
+    text = page.read_text()
+    for heading in ("Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates",
+                    "Best trial", "with 10-view TTA", "Ensemble of the top 3", "data:image/png;base64"):
+        assert heading in text, heading
+    assert "<script src=" not in text, "the page must be self-contained"
+    shot = tmp_path / "report.png"
+    _browser(chromium, tmp_path, f"--screenshot={shot}", f"file://{page}")
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("FER_OPT_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["FER_OPT_KEEP_SCREENSHOT"].replace(".png", "-report.png"))
