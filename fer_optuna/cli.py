@@ -265,8 +265,11 @@ def export(study_name, storage, out, top) -> None:
     from . import study as fer_study
 
     found, spec = _open_study(storage, study_name)
-    for path in fer_study.export(found, spec, out, top, fer_study.storage_url(storage)):
+    paths = fer_study.export(found, spec, out, top, fer_study.storage_url(storage))
+    for path in paths:
         click.echo(f"wrote {path}")
+    if len(paths) < top:
+        click.echo(f"the study has only {len(paths)} complete trial(s) so far")
 
 
 @main.command()

@@ -6,6 +6,7 @@ GPU; on a CPU-only machine it runs studies/quick.yaml, which finishes in minutes
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -35,8 +36,9 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
     log(f"study {name} {'created' if new else 'resumed'} on {fer_study.mask_url(url)} from {spec_path}")
     dashboard = None
     if port and _port_free(port):
-        dashboard = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url,
-                                      "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dashboard = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--port", str(port)],
+                                     env={**os.environ, "FER_OPT_STORAGE": url},  # not in argv: `ps` shows argv
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"dashboard: http://127.0.0.1:{port}/dashboard/ (while the study runs; later: fer-opt dashboard)")
     elif port:
         log(f"port {port} is busy: not starting a dashboard (fer-opt dashboard --port N starts one)")

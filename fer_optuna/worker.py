@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from . import data as fer_data
 from . import trainer
 from .errors import FerOptError
-from .study import FINISHED, StudySpec, load_study, make_pruner, make_sampler, open_storage, suggest
+from .study import FINISHED, StudySpec, load_study, make_pruner, make_sampler, open_storage, storage_url, suggest
 
 WAIT_SECONDS = 2.0
 
@@ -219,14 +219,16 @@ def spawn(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
     for device in devices:
         for _ in range(per_device):
             cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--study", opts.study, "--gpu", device]
-            for flag, value in (("--storage", opts.storage), ("--data", opts.data), ("--n-trials", opts.n_trials),
+            for flag, value in (("--data", opts.data), ("--n-trials", opts.n_trials),
                                 ("--timeout", opts.timeout), ("--checkpoint-dir", opts.checkpoint_dir),
                                 ("--threads", threads if device == "cpu" else None)):
                 if value is not None:
                     cmd += [flag, str(value)]
             if opts.wandb:
                 cmd.append("--wandb")
-            procs.append(subprocess.Popen(cmd))
+            # The storage URL goes by environment: on a command line, its password would show in `ps`.
+            env = {**os.environ, "FER_OPT_STORAGE": storage_url(opts.storage)}
+            procs.append(subprocess.Popen(cmd, env=env))
 
     def forward(signum, frame):
         for p in procs:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import fer_opt
+from conftest import ROOT, fer_opt
 from fer_optuna import augment, data, trainer
 from fer_optuna.config import TrainConfig, config_from_dict, dump_config, load_config
 from fer_optuna.errors import FerOptError
@@ -166,3 +166,14 @@ def test_a_state_file_of_another_config_is_ignored(tmp_path):
     trainer.train(TrainConfig(model="mlp", epochs=1), _tiny_data(), device=cpu, state=state, log=None)
     other = trainer.train(TrainConfig(model="mlp", epochs=2, lr=0.01), _tiny_data(), device=cpu, state=state, log=None)
     assert other.resumed_at == 0 and other.epochs_run == 2
+
+
+def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
+    path = ROOT / "models" / "fer2013-best.pt"
+    assert path.stat().st_size < 16 * 2**20
+    ckpt = trainer.read_checkpoint(path)
+    assert ckpt["meta"]["val_accuracy"] > 0.5 and "provenance" in ckpt["meta"]
+    face = tmp_path / "face.jpg"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(face)
+    pred = json.loads(fer_opt("predict", "--model", path, face, "--json").stdout)
+    assert pred["emotion"] in data.CLASSES

@@ -85,8 +85,10 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
     assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     for name, value in study.best_params.items():
         assert getattr(exported, name) == pytest.approx(value)
-    fer_opt("export", "--storage", url, "-o", tmp_path / "top.yaml", "--top", "3")
-    assert (tmp_path / "top-3.yaml").exists()
+    n_complete = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    out = fer_opt("export", "--storage", url, "-o", tmp_path / "top.yaml", "--top", "3").stdout
+    assert len(list(tmp_path.glob("top-*.yaml"))) == min(3, n_complete)
+    assert (n_complete < 3) == ("complete trial(s)" in out)
 
     model = tmp_path / "final.pt"
     fer_opt("train", "--config", best, "--data", sample_csv, "--out", model, "--epochs", "1")
@@ -131,14 +133,29 @@ def test_sigterm_fails_the_running_trial_and_exits_zero(tmp_path, sample_csv):
     assert "SIGTERM" in (tmp_path / "w.log").read_text()
 
 
+def _child_cmdlines(pid: int) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().split()[3] == str(pid):
+                found.append((proc / "cmdline").read_text().replace("\0", " "))
+        except OSError:
+            pass
+    return found
+
+
 def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", TINY, "--storage", url, "--data", sample_csv)
-    proc = subprocess.run([sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu",
-                           "--per-gpu", "2", "--checkpoint-dir", tmp_path / "ckpt"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    workers = set(re.findall(r"\[worker (\S+) cpu\]", proc.stdout))
+    parent = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu",
+                               "--per-gpu", "2", "--checkpoint-dir", tmp_path / "ckpt"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    wait_for(lambda: len(_child_cmdlines(parent.pid)) >= 2, 60, "two worker processes")
+    children = _child_cmdlines(parent.pid)
+    assert all(url not in cmd for cmd in children), "the storage URL (and its password) must not be on a command line"
+    out = parent.communicate(timeout=600)[0]
+    assert parent.returncode == 0, out
+    workers = set(re.findall(r"\[worker (\S+) cpu\]", out))
     assert len(workers) == 2
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 8
 
@@ -198,3 +215,15 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
     study.optimize(objective, n_trials=2, catch=(worker.TrialDropped,))
     for t in study.get_trials():
         assert t.state == TrialState.FAIL and "training loss became" in t.user_attrs["fail_reason"]
+
+
+def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
+    url = f"sqlite:///{tmp_path}/main.db"
+    out = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", TINY, "--gpu", "cpu", "--port", "0",
+                  "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
+    assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
+    assert load_config(tmp_path / "runs" / "best.yaml").provenance["study"] == "tiny"
+    assert (tmp_path / "runs" / "best.pt").exists()
+    again = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", TINY, "--gpu", "cpu", "--port", "0",
+                    "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
+    assert "study tiny resumed" in again and "budget reached" in again
