@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -13,6 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, fer_opt
+from fer_optuna import study as fer_study
+from fer_optuna.errors import FerOptError
 from pgserver import PASSWORD
 from test_workers import TINY, start_worker, wait_for
 
@@ -35,13 +38,35 @@ def test_workers_survive_a_postgres_restart_mid_study(postgres, tmp_path, sample
     codes = [p.wait(timeout=300) for p in procs]
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs
-    assert any("unavailable" in log for log in logs), "a worker should have noticed the outage"
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
     states = [t.state for t in trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 6
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     for number, value in finished_before.items():
         assert trials[number].value == value, "a completed trial was lost"
+
+
+def test_storage_calls_wait_for_the_server_to_come_back(postgres, caplog):
+    url = postgres.new_database()
+    storage = fer_study.open_storage(url)
+    optuna.create_study(study_name="s", storage=storage)
+    postgres.pg_ctl("stop", "fast")
+    threading.Timer(3, postgres.pg_ctl, ("start",)).start()
+    t0 = time.monotonic()
+    assert [s.study_name for s in storage.get_all_studies()] == ["s"]
+    assert time.monotonic() - t0 >= 2.5, "the call should have waited for the server"
+    assert "unavailable" in caplog.text and PASSWORD not in caplog.text
+
+
+def test_storage_gives_up_with_a_fix_it_message(postgres, monkeypatch):
+    storage = fer_study.open_storage(postgres.new_database())
+    monkeypatch.setenv("FER_OPT_DB_RETRY_SECONDS", "2")
+    postgres.pg_ctl("stop", "fast")
+    try:
+        with pytest.raises(FerOptError, match=r"lost the study storage postgresql\+psycopg://fer:\*\*\*@.* for over 2 s"):
+            storage.get_all_studies()
+    finally:
+        postgres.pg_ctl("start")
 
 
 def test_storage_copy_sqlite_to_postgres_and_back(postgres, tmp_path):
