@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.fer-optuna-installed 2>/dev/null)" != "$stamp" ]; then
   echo "setup: installing fer-optuna into .venv (torch $(grep ^torch== constraints.txt | cut -d= -f3))" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,postgres]'
+  .venv/bin/python -m pip install -qq --upgrade pip
+  .venv/bin/python -m pip install -qq -c constraints.txt -e '.[dev,postgres]'
   echo "$stamp" > .venv/.fer-optuna-installed
 fi
