@@ -38,8 +38,10 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
         seen_finished.update({t.number: t.value for t in trials if t.state == TrialState.COMPLETE})
         if len(kills) < KILLS:
             # Kill a worker in the middle of a trial that has finished an epoch, so its retry can resume.
+            # Only trials with retries left (max_retry=3): a fourth death is, by design, not retried.
             busy = {int(t.user_attrs["worker"].split(":")[1]): t.number for t in trials
-                    if t.state == TrialState.RUNNING and t.intermediate_values and "worker" in t.user_attrs}
+                    if t.state == TrialState.RUNNING and t.intermediate_values and "worker" in t.user_attrs
+                    and len(t.system_attrs.get("retry_history", [])) < 2}
             victims = [i for i, p in enumerate(procs) if p.poll() is None and p.pid in busy]
             if victims:
                 i = rng.choice(victims)
