@@ -28,9 +28,9 @@ def to_float(x_u8: torch.Tensor) -> torch.Tensor:
     return x_u8.float().div_(255.0)
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def augment(x_u8: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -54,7 +54,9 @@ def augment(x_u8: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
         fx = flip if flip is not None else torch.ones_like(cos)
         theta = torch.stack([torch.stack([cos * fx, -sin, tx], 1), torch.stack([sin * fx, cos, ty], 1)], 1)
-        x = _warp(x, theta)
+        # Without a rescale, nearest sampling (torchvision RandomRotation's default, as in the
+        # original) keeps training pixels as sharp as the test pixels; crops need bilinear.
+        x = _warp(x, theta, "nearest" if cfg.crop == SIDE else "bilinear")
     x = normalize(x)
     if cfg.erasing > 0:
         x = _random_erasing(x, cfg.erasing, gen)
@@ -94,11 +96,15 @@ def cutmix_box(lam: float, rng: np.random.Generator, device: torch.device) -> tu
 
 
 def tta_views(x_u8: torch.Tensor, crop: int = 44) -> torch.Tensor:
-    """Ten views per image (4 corner crops and the centre, each also flipped), normalised.
+    """Test-time views matching how the model was trained, normalised: (V, B, 1, 48, 48).
 
-    Returns (10, B, 1, 48, 48); crops are resized back to 48 like the training crops.
+    A model trained on crops of side `crop` gets 10 views (4 corner crops and the
+    centre, each also flipped, resized back to 48); one trained at full size (crop 48)
+    gets the image and its mirror, since crops it never saw only hurt it.
     """
     x = to_float(x_u8)
+    if crop >= SIDE:
+        return torch.stack([normalize(x), normalize(x.flip(-1))])
     b = x.shape[0]
     s = crop / SIDE
     room = 1 - s

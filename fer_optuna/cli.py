@@ -129,7 +129,7 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="val is PublicTest, test is PrivateTest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also write the confusion matrix as a PNG.")
-@click.option("--tta", is_flag=True, help="Average over 10 views (flips and crops).")
+@click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
@@ -140,7 +140,7 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
     split_data = trainer.to_device(images, labels, dev)
-    _, _, probs = trainer.evaluate(model, split_data, trainer.use_bf16(cfg.precision, dev), tta=tta)
+    _, _, probs = trainer.evaluate(model, split_data, trainer.use_bf16(cfg.precision, dev), tta=tta, tta_crop=cfg.crop)
     rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
     rep |= {"split": split, "model": str(model_path), "tta": tta}
     if plot:
@@ -158,7 +158,7 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="A checkpoint from `train`.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
-@click.option("--tta", is_flag=True, help="Average over 10 views (flips and crops).")
+@click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 def predict(model_path, images, as_json, tta, device) -> None:
     """The emotion and class probabilities of each image (any size; made 48x48 grayscale)."""
@@ -172,7 +172,7 @@ def predict(model_path, images, as_json, tta, device) -> None:
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
     batch = np.stack([read_image(p, resize=True) for p in images])
     x = torch.from_numpy(batch).unsqueeze(1).to(dev)
-    probs = trainer.predict_proba(model, x, trainer.use_bf16(cfg.precision, dev), tta=tta).cpu().numpy()
+    probs = trainer.predict_proba(model, x, trainer.use_bf16(cfg.precision, dev), tta, cfg.crop).cpu().numpy()
     for path, p in zip(images, probs):
         best = int(p.argmax())
         if as_json:

@@ -32,7 +32,8 @@ def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.
     ckpt = trainer.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = trainer.model_from_checkpoint(ckpt, device)
     images, labels = data.split("val")
-    _, acc, probs = trainer.evaluate(model, trainer.to_device(images, labels, device), trainer.use_bf16(cfg.precision, device), tta)
+    split = trainer.to_device(images, labels, device)
+    _, acc, probs = trainer.evaluate(model, split, trainer.use_bf16(cfg.precision, device), tta, cfg.crop)
     return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
 
 
@@ -79,7 +80,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
         if data is not None and ckpt.is_file():
             acc, rep = val_accuracy(ckpt, data, device)
             tta_acc, _ = val_accuracy(ckpt, data, device, tta=True)
-            sections += [f"<p>val accuracy {acc:.4f}; with 10-view TTA {tta_acc:.4f} ({tta_acc - acc:+.4f})</p>",
+            sections += [f"<p>val accuracy {acc:.4f}; with TTA {tta_acc:.4f} ({tta_acc - acc:+.4f})</p>",
                          _table([[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
                                  for c, m in rep["per_class"].items()], ["class", "precision", "recall", "F1", "support"])]
             buffer = io.BytesIO()

@@ -206,15 +206,16 @@ def train_epoch(model, opt, sched_per_step, loss_fn, train: DeviceSplit, cfg: Tr
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, batch_size: int = 1024) -> torch.Tensor:
-    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48) on the model's device."""
+def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, tta_crop: int = 48,
+                  batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         with torch.autocast(chunk.device.type, dtype=torch.bfloat16, enabled=bf16):
             if tta:
-                views = augment.tta_views(chunk)
+                views = augment.tta_views(chunk, tta_crop)
                 probs = model(views.flatten(0, 1)).float().softmax(-1).view(len(views), len(chunk), -1).mean(0)
             else:
                 probs = model(augment.normalize(augment.to_float(chunk))).float().softmax(-1)
@@ -222,9 +223,10 @@ def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool 
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False) -> tuple[float, float, torch.Tensor]:
+def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False,
+             tta_crop: int = 48) -> tuple[float, float, torch.Tensor]:
     """(loss, accuracy, probabilities) on a split."""
-    probs = predict_proba(model, split.images, bf16, tta)
+    probs = predict_proba(model, split.images, bf16, tta, tta_crop)
     loss = F.nll_loss(probs.clamp_min(1e-8).log(), split.labels).item()
     acc = (probs.argmax(1) == split.labels).float().mean().item()
     return loss, acc, probs

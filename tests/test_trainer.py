@@ -39,7 +39,9 @@ def test_augment_is_batched_seeded_and_normalised():
     assert a.shape == (32, 1, 48, 48) and a.dtype == torch.float32 and torch.equal(a, b)
     plain = augment.augment(x, TrainConfig(flip=False, rotation=0), torch.Generator())
     assert torch.allclose(plain, augment.normalize(x.float() / 255))
-    assert augment.tta_views(x[:3]).shape == (10, 3, 1, 48, 48)
+    assert augment.tta_views(x[:3], crop=44).shape == (10, 3, 1, 48, 48)
+    mirrored = augment.tta_views(x[:3], crop=48)
+    assert mirrored.shape == (2, 3, 1, 48, 48) and torch.equal(mirrored[1], mirrored[0].flip(-1))
 
 
 def test_flip_only_flips():
