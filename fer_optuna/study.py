@@ -304,8 +304,12 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
     """
 
 
+# The public storage API, plus the private methods that Optuna's own cache layer and
+# heartbeat call directly (optuna/storages/_cached_storage.py, _heartbeat.py).
 for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + [
-        "record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval", "get_all_versions", "get_current_version"]:
+        "record_heartbeat", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_all_versions",
+        "get_current_version",
+        "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"]:
     if _name not in ("remove_session", "check_trial_is_updatable") and hasattr(optuna.storages.RDBStorage, _name):
         setattr(RetryingRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
