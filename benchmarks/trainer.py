@@ -40,6 +40,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def images_per_s(run_epoch, n: int, device: torch.device) -> float:
+    """Time the second of two epochs, so that warm-up (allocations, worker start) is not counted."""
+    run_epoch()
+    sync(device)
+    t0 = time.perf_counter()
+    run_epoch()
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
 def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, steps: int) -> float:
     """Images/s of trainer.train_epoch over `steps` batches, after one warm-up epoch."""
     n = steps * cfg.batch_size
@@ -50,13 +60,7 @@ def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch
     gen = torch.Generator(device).manual_seed(0)
     rng = np.random.default_rng(0)
     bf16 = trainer.use_bf16(cfg.precision, device)
-    run = lambda: trainer.train_epoch(model, opt, None, loss_fn, split, cfg, gen, rng, bf16)  # noqa: E731
-    run()
-    sync(device)
-    t0 = time.perf_counter()
-    run()
-    sync(device)
-    return n / (time.perf_counter() - t0)
+    return images_per_s(lambda: trainer.train_epoch(model, opt, None, loss_fn, split, cfg, gen, rng, bf16), n, device)
 
 
 class PilDataset(torch.utils.data.Dataset):
@@ -103,12 +107,7 @@ def baseline(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: t
             loss.backward()
             opt.step()
 
-    epoch()
-    sync(device)
-    t0 = time.perf_counter()
-    epoch()
-    sync(device)
-    return n / (time.perf_counter() - t0)
+    return images_per_s(epoch, n, device)
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def data_inspect(path: Path, resize: bool) -> None:
         click.echo(f"note: {note}")
     if "test" not in counts:
         click.echo("note: no test split (PrivateTest) in this source; `evaluate --split test` needs one")
-    click.echo(f"cache: {fer_data.cache_path(path, resize)}")
+    click.echo(f"cache: {loaded.cache_file or 'none (the cache folder is not writable)'}")
 
 
 @main.command()

@@ -14,6 +14,7 @@ and the row or path; nothing is cached from a bad source.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -56,6 +57,7 @@ class FerData:
     labels: dict[str, np.ndarray]  # split -> int64 (N,)
     source: str
     notes: tuple[str, ...] = ()
+    cache_file: str = ""  # where the parsed arrays are cached ("" when not cached)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.images:
@@ -381,7 +383,7 @@ def _load_cache(target: Path, source: str) -> FerData | None:
             notes = tuple(str(n) for n in archive["notes"])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # unreadable cache: rebuilt from the source
-    return FerData(images, labels, source, notes)
+    return FerData(images, labels, source, notes, str(target))
 
 
 def cache_path(path: str | Path, resize: bool = False) -> Path:
@@ -424,6 +426,7 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerD
     if use_cache:
         try:
             _save_cache(target, data)
+            data = dataclasses.replace(data, cache_file=str(target))
         except OSError:
             pass  # a read-only or full cache folder only costs speed
     return data

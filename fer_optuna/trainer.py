@@ -364,7 +364,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
 
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
-    steps = len(_batches(len(train_split), cfg.batch_size, torch.Generator(device), device))
+    steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
     sched, per_step = make_scheduler(cfg, opt, steps)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
     ema = None
