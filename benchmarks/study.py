@@ -6,9 +6,11 @@ budget is spent. CPU workers split the cores between them.
 
     python benchmarks/study.py --device cpu --workers 1 2 --out study-cpu.json
     python benchmarks/study.py --device 0 --workers 1 2 4 --study-file studies/quick.yaml --out study-gpu.json
+    python benchmarks/study.py --device cpu --workers 1 --pruner hyperband   # against the file's median pruner
 
 Prints and writes, per worker count: wall seconds, trials complete/pruned,
-trials/hour, speed-up over 1 worker, and the peak host RSS / GPU memory of a worker.
+trials/hour, speed-up over 1 worker, the epochs all trials ran, the best val accuracy,
+and the peak host RSS / GPU memory of a worker.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +43,23 @@ def run(study_file: str, data: str, device: str, workers: int) -> dict:
     finished = count("COMPLETE") + count("PRUNED")
     return {"workers": workers, "wall_s": round(wall, 1), "complete": count("COMPLETE"), "pruned": count("PRUNED"),
             "failed": count("FAIL"), "trials_per_hour": round(finished / wall * 3600, 1),
+            "epochs_run": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
             "host_peak_mb": max((t.user_attrs.get("host_peak_mb", 0) for t in trials), default=0),
             "gpu_peak_mb": max((t.user_attrs.get("gpu_peak_mb", 0) for t in trials), default=0),
             "best_val_accuracy": max((t.value for t in trials if t.value is not None), default=None)}
+
+
+PRUNERS = {"median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
+           "hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3}, "none": {"type": "none"}}
+
+
+def with_pruner(study_file: str, pruner: str) -> str:
+    """A copy of the study file with another pruner, everything else equal."""
+    spec = yaml.safe_load(Path(study_file).read_text())
+    spec["pruner"] = PRUNERS[pruner]
+    out = Path(tempfile.mkdtemp()) / Path(study_file).name
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(out)
 
 
 def main() -> None:
@@ -51,8 +68,11 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fer2013.npz.xz"))
     parser.add_argument("--device", default="cpu", help="cpu or a GPU index")
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), help="replace the study file's pruner (median: 3 startup trials, 1 warm-up epoch)")
     parser.add_argument("--out", default="benchmark-study.json")
     args = parser.parse_args()
+    if args.pruner:
+        args.study_file = with_pruner(args.study_file, args.pruner)
 
     rows = []
     for n in args.workers:
@@ -60,10 +80,11 @@ def main() -> None:
         row["speedup"] = round(rows[0]["wall_s"] / row["wall_s"], 2) if rows else 1.0
         rows.append(row)
         print(f"{n} worker(s): {row['wall_s']} s, {row['complete']} complete + {row['pruned']} pruned "
-              f"({row['failed']} failed), {row['trials_per_hour']} trials/h, speed-up {row['speedup']}x, "
+              f"({row['failed']} failed), {row['epochs_run']} epochs, best val {row['best_val_accuracy']:.4f}, "
+              f"{row['trials_per_hour']} trials/h, speed-up {row['speedup']}x, "
               f"peak RSS {row['host_peak_mb']} MB, GPU {row['gpu_peak_mb']} MB", flush=True)
     best = max(rows, key=lambda r: r["trials_per_hour"])
-    result = {"study_file": Path(args.study_file).name, "device": args.device, "rows": rows,
+    result = {"study_file": Path(args.study_file).name, "pruner": args.pruner or "the study file's", "device": args.device, "rows": rows,
               "saturating_workers": best["workers"]}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"fastest: {best['workers']} worker(s) per device; wrote {args.out}")

@@ -260,16 +260,26 @@ def status(study_name, storage, as_json) -> None:
 @STORAGE_OPTION
 @click.option("-o", "--out", type=click.Path(path_type=Path), default="best.yaml", help="Config file to write; with --top K, OUT-1.yaml ... OUT-K.yaml.")
 @click.option("--top", type=int, default=1, help="Export the K best trials.")
-def export(study_name, storage, out, top) -> None:
-    """Write the best trial's training config, for `fer-opt train --config`."""
+@click.option("--model", "model_out", type=click.Path(path_type=Path),
+              help="Also write the best trial's trained model (its best checkpoint) here, provenance inside.")
+def export(study_name, storage, out, top, model_out) -> None:
+    """Write the best trial's training config, for `fer-opt train --config`, and optionally its model."""
     from . import study as fer_study
 
     found, spec = _open_study(storage, study_name)
-    paths = fer_study.export(found, spec, out, top, fer_study.storage_url(storage))
+    url = fer_study.storage_url(storage)
+    paths = fer_study.export(found, spec, out, top, url)
     for path in paths:
         click.echo(f"wrote {path}")
     if len(paths) < top:
         click.echo(f"the study has only {len(paths)} complete trial(s) so far")
+    if model_out:
+        from . import report
+
+        trial = report.export_model(found, model_out, url)
+        click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.value:.4f}")
+        if trial.number != found.best_trial.number:
+            click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")
 
 
 @main.command()

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from . import data as fer_data
 from . import metrics, trainer
 from .errors import FerOptError
-from .study import StudySpec
+from .study import ATTR_FILE, StudySpec, provenance
 
 
 def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -43,6 +43,17 @@ def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.tria
     trainer.save_ensemble(out, ckpts, study=study.study_name, trials=[t.number for t in trials],
                           val_accuracies=[t.value for t in trials])
     return trials
+
+
+def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.FrozenTrial:
+    """The best trial's best checkpoint as a model file that says where it came from."""
+    best = best_trials(study, 1)[0]
+    ckpt = trainer.read_checkpoint(best.user_attrs["checkpoint"])
+    origin = provenance(study, best, url)
+    ckpt["config"] = {**ckpt["config"], "provenance": origin}
+    ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "study_file_text": study.user_attrs.get(ATTR_FILE)}
+    trainer.atomic_save(ckpt, out)
+    return best
 
 
 def _figure_html(fig, first: bool) -> str:

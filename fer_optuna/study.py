@@ -27,7 +27,7 @@ from .errors import FerOptError
 
 _log = logging.getLogger("fer_optuna.storage")
 DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
-ATTR_FILE, ATTR_DATA = "fer_opt.study_file", "fer_opt.data"
+ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "search_space", "sampler", "pruner", "enqueue"}
 PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
@@ -391,6 +391,7 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
                                 sampler=make_sampler(spec), pruner=make_pruner(spec))
     study.set_user_attr(ATTR_FILE, spec.text)
     study.set_user_attr(ATTR_DATA, data_path)
+    study.set_user_attr(ATTR_PATH, str(spec_path))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study, True
@@ -438,6 +439,12 @@ def format_status(info: dict[str, Any], url: str) -> str:
     return "\n".join(lines)
 
 
+def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -> dict[str, Any]:
+    """Where an exported config or model came from, kept inside it."""
+    return {"study": study.study_name, "study_file": study.user_attrs.get(ATTR_PATH), "trial": trial.number,
+            "val_accuracy": round(trial.value, 6), "storage": mask_url(url), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
 def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "") -> list[Path]:
     """Write the `top` best trials' full training configs, readable by `fer-opt train --config`."""
     complete = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
@@ -447,9 +454,7 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
     out = Path(out)
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, top + 1)]
     for path, trial in zip(paths, complete):
-        provenance = {"study": study.study_name, "trial": trial.number, "val_accuracy": round(trial.value, 6),
-                      "storage": mask_url(url), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
-        cfg = config_from_dict({**spec.train.to_dict(), **trial.params, "provenance": provenance})
+        cfg = config_from_dict({**spec.train.to_dict(), **trial.params, "provenance": provenance(study, trial, url)})
         header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.value:.4f}"
         dump_config(cfg, path, header)
     return paths[: len(complete)]

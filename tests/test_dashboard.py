@@ -43,7 +43,7 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", TINY, "--storage", url, "--data", ROOT / "README.md")
     study = optuna.load_study(study_name="tiny", storage=url)
-    for i, value in enumerate((0.41, 0.52, 0.47)):  # finished trials, as workers would leave them
+    for value in (0.41, 0.52, 0.47):  # finished trials, as workers would leave them
         trial = study.ask()
         for epoch in (1, 2):
             trial.report(value - 0.1 / epoch, epoch)

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 from conftest import ROOT, fer_opt
@@ -74,6 +75,25 @@ def test_training_options_run_and_learn_something(options):
     result = trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), log=None)
     assert result.epochs_run == 3 and result.history[-1].lr >= 0
     assert result.best_val_acc > 1 / 7
+
+
+def test_ema_decay_warms_up_so_early_averages_follow_the_model():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = trainer.EMA(model, decay=0.999)
+    weight0, mean0 = model[0].weight.detach().clone(), model[1].running_mean.clone()
+    shift = average = 0.0  # how far the model and the average have moved from the start
+    for step in range(1, 4):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+            model[1].running_mean.add_(1.0)
+        ema.update(model)
+        shift += 1
+        decay = min(0.999, (1 + step) / (10 + step))
+        average = decay * average + (1 - decay) * shift
+    assert ema.steps == 3 and 1.5 < average < 3  # a fixed 0.999 would have moved 0.006
+    assert torch.allclose(ema.module[0].weight, weight0 + average, atol=1e-5)
+    assert torch.allclose(ema.module[1].running_mean, mean0 + average, atol=1e-5)
+    assert not any(p.requires_grad for p in ema.module.parameters())
 
 
 def test_on_epoch_sees_every_field_and_can_stop():

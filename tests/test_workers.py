@@ -1,6 +1,7 @@
 """Real worker processes against a real SQLite file and a real PostgreSQL server."""
 
 import collections
+import json
 import os
 import re
 import signal
@@ -78,10 +79,16 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
     assert "8/8 of the budget" in status and f"best: trial {study.best_trial.number}" in status
     assert "pg-test-secret" not in status
 
-    best = tmp_path / "best.yaml"
-    fer_opt("export", "--storage", url, "-o", best)
+    best, best_model = tmp_path / "best.yaml", tmp_path / "best-trial.pt"
+    fer_opt("export", "--storage", url, "-o", best, "--model", best_model)
     exported = load_config(best)
     assert exported.provenance["trial"] == study.best_trial.number
+    assert exported.provenance["study_file"] == str(TINY)
+    shipped = torch.load(best_model, weights_only=True)
+    assert shipped["meta"]["provenance"]["trial"] == study.best_trial.number
+    assert shipped["meta"]["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
+    assert shipped["meta"]["study_file_text"] == TINY.read_text()
+    assert "pg-test-secret" not in repr(shipped["meta"])
     assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     for name, value in study.best_params.items():
         assert getattr(exported, name) == pytest.approx(value)
@@ -93,6 +100,9 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
     model = tmp_path / "final.pt"
     fer_opt("train", "--config", best, "--data", sample_csv, "--out", model, "--epochs", "1")
     assert '"accuracy"' in fer_opt("evaluate", "--model", model, "--data", sample_csv, "--json").stdout
+    # the exported model is the trial's own best checkpoint: it scores what the trial reported
+    report = json.loads(fer_opt("evaluate", "--model", best_model, "--data", sample_csv, "--json").stdout)
+    assert report["accuracy"] == pytest.approx(study.best_value, abs=1.5 / report["n"])
 
 
 def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
