@@ -51,7 +51,9 @@ def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.Froze
     ckpt = trainer.read_checkpoint(best.user_attrs["checkpoint"])
     origin = provenance(study, best, url)
     ckpt["config"] = {**ckpt["config"], "provenance": origin}
-    ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "study_file_text": study.user_attrs.get(ATTR_FILE)}
+    trained = {k: best.user_attrs[k] for k in ("device", "seconds", "epochs_run", "best_epoch") if k in best.user_attrs}
+    ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "trained": trained,
+                    "study_file_text": study.user_attrs.get(ATTR_FILE)}
     trainer.atomic_save(ckpt, out)
     return best
 

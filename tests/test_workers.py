@@ -88,6 +88,7 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
     assert shipped["meta"]["provenance"]["trial"] == study.best_trial.number
     assert shipped["meta"]["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     assert shipped["meta"]["study_file_text"] == TINY.read_text()
+    assert shipped["meta"]["trained"]["device"] == "cpu" and shipped["meta"]["trained"]["seconds"] > 0
     assert "pg-test-secret" not in repr(shipped["meta"])
     assert exported.provenance["val_accuracy"] == pytest.approx(study.best_value, abs=1e-6)
     for name, value in study.best_params.items():
