@@ -28,6 +28,25 @@ def to_float(x_u8: torch.Tensor) -> torch.Tensor:
     return x_u8.float().div_(255.0)
 
 
+def equalize(x_u8: torch.Tensor) -> torch.Tensor:
+    """Per-image histogram equalisation of uint8 (N, 1, H, W), batched; equal to cv2.equalizeHist.
+
+    Editions of FER2013 differ in contrast (the original pixels against copies that were
+    contrast-stretched and equalised); equalising every image makes them look alike to a model.
+    Built from gather/scatter/cumsum only, so it exports to ONNX with the model.
+    """
+    flat = x_u8.flatten(1).long()
+    total = flat.shape[1]
+    hist = torch.zeros(flat.shape[0], 256, dtype=torch.long, device=flat.device).scatter_add_(1, flat, torch.ones_like(flat))
+    cdf = hist.cumsum(1)
+    first = torch.where(hist > 0, cdf, total).amin(1, keepdim=True)  # the darkest value's count
+    spread = total - first
+    # OpenCV maps the darkest value to 0 and scales the rest of the CDF to 255.
+    lut = ((cdf - first).double() * 255 / spread.clamp(min=1).double()).round().clamp(0, 255)
+    out = torch.where(spread > 0, lut.gather(1, flat), flat.double())  # a one-valued image stays as it is
+    return out.to(torch.uint8).view_as(x_u8)
+
+
 def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)

@@ -48,15 +48,35 @@ def data() -> None:
 @data.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--resize", is_flag=True, help="Resize images that are not 48x48 instead of refusing them.")
-def data_inspect(path: Path, resize: bool) -> None:
-    """Images per split and class, and where the parsed cache lives."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: counts, quality checks, notes, cache.")
+def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
+    """Images per split and class; blank images, exact duplicates (within and across splits) and
+    duplicates with conflicting labels; where the parsed cache lives.
+
+    Training can leave out blank images (drop_blank: true) and train images that also appear
+    in val or test (drop_cross_split: true), in a config or with `train --set`.
+    """
     from . import data as fer_data
 
     loaded = fer_data.load(path, resize=resize)
     counts = loaded.counts()
+    quality = fer_data.quality(loaded)
+    if as_json:
+        click.echo(json.dumps({"source": str(path), "classes": list(fer_data.CLASSES),
+                               "counts": {s: row.tolist() for s, row in counts.items()}, **quality,
+                               "notes": list(loaded.notes), "cache": loaded.cache_file or None}))
+        return
     click.echo(f"{'split':<8}" + "".join(f"{c:>10}" for c in fer_data.CLASSES) + f"{'total':>10}")
     for split, row in counts.items():
         click.echo(f"{split:<8}" + "".join(f"{v:>10d}" for v in row) + f"{row.sum():>10d}")
+    click.echo("blank images (one value): " + ", ".join(f"{s} {n}" for s, n in quality["blank"].items()))
+    click.echo("exact duplicates: " + ", ".join(f"{s} {d['extra_copies']} extra copies in {d['groups']} groups"
+                                                for s, d in quality["duplicates"].items()))
+    for pair, d in quality["cross_split"].items():
+        later = pair.split("/")[1]
+        click.echo(f"in two splits ({pair}): {d['groups']} distinct images, {d[f'{later}_images']} of the {later} images")
+    c = quality["conflicting_labels"]
+    click.echo(f"conflicting labels: {c['groups']} groups of identical images ({c['images']} images) disagree")
     for note in loaded.notes:
         click.echo(f"note: {note}")
     if "test" not in counts:
@@ -139,7 +159,7 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
     dev = trainer.resolve_device(device)
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
-    split_data = trainer.to_device(images, labels, dev)
+    split_data = trainer.to_device(images, labels, dev, equalize=cfg.equalize)
     _, _, probs = trainer.evaluate(model, split_data, trainer.use_bf16(cfg.precision, dev), tta=tta, tta_crop=cfg.crop)
     rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
     rep |= {"split": split, "model": str(model_path), "tta": tta}
@@ -155,32 +175,48 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="A checkpoint from `train`.")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="A checkpoint from `train` or `export --model`, or an .onnx file from `export --onnx`.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image, with a list of faces.")
+@click.option("--no-detect", is_flag=True, help="Classify each image whole (it already is a face crop) instead of finding faces.")
+@click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write each photo here with its faces boxed and labelled.")
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-def predict(model_path, images, as_json, tta, device) -> None:
-    """The emotion and class probabilities of each image (any size; made 48x48 grayscale)."""
+def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device) -> None:
+    """The emotion of every face in each photo: its box, emotion and class probabilities.
+
+    Faces are found with OpenCV's Haar cascade and cropped with a margin; a 48x48
+    image (or any image with --no-detect) is classified whole. A photo without a face
+    says so and is not an error.
+    """
     import numpy as np
-    import torch
 
-    from . import trainer
-    from .data import CLASSES, read_image
+    from . import faces as fer_faces
+    from .data import CLASSES
+    from .portable import Classifier
 
-    dev = trainer.resolve_device(device)
-    model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
-    batch = np.stack([read_image(p, resize=True) for p in images])
-    x = torch.from_numpy(batch).unsqueeze(1).to(dev)
-    probs = trainer.predict_proba(model, x, trainer.use_bf16(cfg.precision, dev), tta, cfg.crop).cpu().numpy()
-    for path, p in zip(images, probs):
-        best = int(p.argmax())
+    classifier = Classifier(model_path, device)
+    for path in images:
+        rgb = fer_faces.read_photo(path)
+        found = fer_faces.find_faces(rgb, detect=not no_detect)
+        probs = classifier.probs(np.stack([f.crop for f in found]), tta) if found else np.zeros((0, len(CLASSES)))
+        if annotate_dir:
+            fer_faces.annotate(rgb, found, probs, Path(annotate_dir) / f"{path.stem}.png")
         if as_json:
-            click.echo(json.dumps({"image": str(path), "emotion": CLASSES[best],
-                                   "probabilities": {c: round(float(v), 4) for c, v in zip(CLASSES, p)}}))
-        else:
-            ranked = "  ".join(f"{CLASSES[i]} {p[i]:.2f}" for i in np.argsort(-p)[:3])
-            click.echo(f"{path}: {CLASSES[best]}  ({ranked})")
+            click.echo(json.dumps({"image": str(path), "faces": [
+                {"box": list(f.box), "emotion": CLASSES[int(p.argmax())],
+                 "probabilities": {c: round(float(v), 4) for c, v in zip(CLASSES, p)}} for f, p in zip(found, probs)]}))
+            continue
+        if not found:
+            click.echo(f"{path}: no face found")
+        for i, (face, p) in enumerate(zip(found, probs), 1):
+            ranked = "  ".join(f"{CLASSES[k]} {p[k]:.2f}" for k in np.argsort(-p)[:3])
+            where = "" if len(found) == 1 and face.box[:2] == (0, 0) else f" face {i} at {face.box}"
+            click.echo(f"{path}:{where} {CLASSES[int(p.argmax())]}  ({ranked})")
+    if annotate_dir:
+        click.echo(f"annotated images: {annotate_dir}", err=True)
+
 
 # --------------------------------------------------------------------------- studies
 
@@ -226,9 +262,10 @@ def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> Non
 @click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
 @click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")
 def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, wandb, threads) -> None:
-    """Pull trials from a study until its trial budget is spent.
+    """Pull trials from a study until its trial budget is spent, then exit 0.
 
-    Ctrl-C or SIGTERM marks the running trial failed and exits 0; a second one exits at once.
+    Ctrl-C or SIGTERM fails the running trial and queues it again (it resumes from its last
+    epoch), then exits 130 or 143; a second one exits at once.
     """
     from . import study as fer_study
     from . import worker as fer_worker
@@ -262,10 +299,20 @@ def status(study_name, storage, as_json) -> None:
 @click.option("--top", type=int, default=1, help="Export the K best trials.")
 @click.option("--model", "model_out", type=click.Path(path_type=Path),
               help="Also write the best trial's trained model (its best checkpoint) here, provenance inside.")
-def export(study_name, storage, out, top, model_out) -> None:
+@click.option("--onnx", "onnx_out", type=click.Path(path_type=Path),
+              help="Write the model as ONNX (pixel pipeline inside, any batch size): the best trial's, or --checkpoint's.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="With --onnx: convert this checkpoint; no study needed.")
+def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> None:
     """Write the best trial's training config, for `fer-opt train --config`, and optionally its model."""
     from . import study as fer_study
 
+    if checkpoint:
+        if not onnx_out:
+            raise FerOptError("--checkpoint converts a model file: give --onnx OUT.onnx too")
+        from . import trainer
+
+        _export_onnx(trainer.read_checkpoint(checkpoint), onnx_out)
+        return
     found, spec = _open_study(storage, study_name)
     url = fer_study.storage_url(storage)
     paths = fer_study.export(found, spec, out, top, url)
@@ -280,6 +327,19 @@ def export(study_name, storage, out, top, model_out) -> None:
         click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.value:.4f}")
         if trial.number != found.best_trial.number:
             click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")
+    if onnx_out:
+        from . import report, trainer
+
+        [trial] = report.best_trials(found, 1)
+        _export_onnx(trainer.read_checkpoint(trial.user_attrs["checkpoint"]), onnx_out)
+
+
+def _export_onnx(ckpt: dict, out: Path) -> None:
+    from .portable import export_onnx
+
+    cfg = export_onnx(ckpt, out)
+    click.echo(f"wrote {out}: {cfg.model}, equalize {cfg.equalize}, {out.stat().st_size / 2**20:.1f} MB; "
+               f"run it with `fer-opt predict --model {out} PHOTO` or any ONNX runtime")
 
 
 @main.command()

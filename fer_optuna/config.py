@@ -37,6 +37,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # cosine only: linear warm-up before the decay
     label_smoothing: float = 0.0
     class_weights: str = "none"
+    # The pixel pipeline, saved in every checkpoint and applied before anything else in
+    # training, evaluation, prediction and ONNX: per-image histogram equalisation makes the
+    # original FER2013 pixels and contrast-processed copies of them look alike to the model.
+    equalize: bool = True
     # Augmentation, batched on the device (see augment.py).
     flip: bool = True
     rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
@@ -46,10 +50,13 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(a, a) parameter; 0 turns mixup off
     cutmix: float = 0.0  # Beta(a, a) parameter; 0 turns CutMix off
     ema: float = 0.0  # decay of an exponential moving average of weights; 0 = off
+    drop_blank: bool = False  # leave out blank (one-valued) train images
+    drop_cross_split: bool = False  # leave out train images whose pixels also appear in val or test
     train_subset: int = 0  # use a seeded, stratified subset of this many train images; 0 = all
     val_subset: int = 0
     patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
     seed: int = 0
+    init: str = ""  # a checkpoint whose weights start this run (fine-tuning); "" = random init
     precision: str = "auto"  # bf16 autocast where the hardware has it
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
 

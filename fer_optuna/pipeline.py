@@ -58,8 +58,9 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     [best_yaml] = fer_study.export(found, spec, out_dir / "best.yaml", 1, url)
     model_path = out_dir / "best.pt"
-    log(f"training the final model from {best_yaml} -> {model_path}")
     cfg = load_config(best_yaml)
+    log(f"training the final model from {best_yaml} ({cfg.model}, {cfg.epochs} epochs, "
+        f"{'all' if not cfg.train_subset else cfg.train_subset} train images) -> {model_path}")
     device = trainer.resolve_device(devices[0])
     result = trainer.train(cfg, fer_data.load(data_path), device=device, checkpoint=model_path, log=log)
     log(f"final model: val (PublicTest) accuracy {result.best_val_acc:.4f}; saved {model_path}")

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from . import data as fer_data
 from . import metrics, trainer
 from .errors import FerOptError
-from .study import ATTR_FILE, StudySpec, provenance
+from .study import StudySpec, comparison, format_comparison, provenance, study_file_text
 
 
 def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
@@ -32,7 +32,7 @@ def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.
     ckpt = trainer.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = trainer.model_from_checkpoint(ckpt, device)
     images, labels = data.split("val")
-    split = trainer.to_device(images, labels, device)
+    split = trainer.to_device(images, labels, device, equalize=cfg.equalize)
     _, acc, probs = trainer.evaluate(model, split, trainer.use_bf16(cfg.precision, device), tta, cfg.crop)
     return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
 
@@ -53,7 +53,7 @@ def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.Froze
     ckpt["config"] = {**ckpt["config"], "provenance": origin}
     trained = {k: best.user_attrs[k] for k in ("device", "seconds", "epochs_run", "best_epoch") if k in best.user_attrs}
     ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "trained": trained,
-                    "study_file_text": study.user_attrs.get(ATTR_FILE)}
+                    "study_file_text": study_file_text(study)}
     trainer.atomic_save(ckpt, out)
     return best
 
@@ -77,6 +77,9 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
     sections = [f"<h1>Study {html.escape(study.study_name)}</h1>",
                 f"<p>{states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed of a budget of "
                 f"{spec.n_trials} trials. Selected on val (PublicTest). Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    bought = format_comparison(comparison(study, spec))
+    if bought:
+        sections += ["<h2>What the search bought</h2>", f"<pre>{html.escape(chr(10).join(bought[1:]))}</pre>"]
     plots = [("Optimisation history", vis.plot_optimization_history),
              ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values),
              ("Parallel coordinates", vis.plot_parallel_coordinate)]

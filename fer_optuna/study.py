@@ -29,7 +29,8 @@ _log = logging.getLogger("fer_optuna.storage")
 DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "search_space", "sampler", "pruner", "enqueue"}
+SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue"}
+METRIC = "val_accuracy"
 PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
 SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}}
 PRUNERS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
@@ -58,6 +59,9 @@ class StudySpec:
     enqueue: tuple[dict, ...]
     data: str | None
     text: str
+    # How the final model differs from the proxy trials (e.g. all the data, more epochs):
+    # the exported config is train + the best trial's parameters + these.
+    final: tuple[tuple[str, Any], ...] = ()
 
 
 # --------------------------------------------------------------------------- study files
@@ -114,7 +118,7 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         raise FerOptError(f"{where}: name must be a non-empty string")
     if not isinstance(raw["n_trials"], int) or isinstance(raw["n_trials"], bool) or raw["n_trials"] < 1:
         raise FerOptError(f"{where}: n_trials must be a positive integer (the study's total trial budget)")
-    for key in ("train", "sampler", "pruner"):
+    for key in ("train", "final", "sampler", "pruner"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise FerOptError(f"{where}: {key} must be a mapping")
     if raw.get("enqueue") is not None and not isinstance(raw["enqueue"], list):
@@ -141,7 +145,14 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         if not isinstance(params, dict) or set(params) - names:
             raise FerOptError(f"{where}: enqueue[{i}] must set only search-space parameters ({', '.join(sorted(names))})")
         config_from_dict({**train.to_dict(), **params}, f"{where}: enqueue[{i}]")
-    spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text)
+    final = dict(raw.get("final") or {})
+    searched = sorted(set(final) & names)
+    if searched:
+        raise FerOptError(f"{where}: final sets {', '.join(searched)}, which the search chooses; final is for what "
+                          "differs between the proxy trials and the final fit (train_subset, val_subset, epochs, ...)")
+    config_from_dict({**train.to_dict(), **final}, f"{where}: final")
+    spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text,
+                     tuple(final.items()))
     try:  # build them once here, so that a bad option fails now and not in every worker
         make_sampler(spec)
         make_pruner(spec)
@@ -336,6 +347,13 @@ def _serialize_sqlite_writes(engine) -> None:
     engine.dispose()  # connections made before the hooks reconnect with them
 
 
+def study_file_text(study: optuna.Study) -> str | None:
+    """The study file stored with the study. It is a system attribute, so that `optuna studies`
+    and `optuna trials` stay readable; studies created before that kept it in the user attributes."""
+    stored = study._storage.get_study_system_attrs(study._study_id).get(ATTR_FILE)
+    return stored if stored is not None else study.user_attrs.get(ATTR_FILE)
+
+
 def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, StudySpec]:
     try:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -343,7 +361,7 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise FerOptError(f"no study named {name!r} in this storage (it has: {', '.join(names) or 'none'}); "
                           "create it with 'fer-opt create-study --config studies/X.yaml'") from None
-    text = study.user_attrs.get(ATTR_FILE)
+    text = study_file_text(study)
     if text is None:
         raise FerOptError(f"study {name!r} was not created by fer-opt create-study (no study file stored with it)")
     spec = parse_spec(text, f"study {name!r}")
@@ -377,11 +395,11 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     name = name or spec.name
     data_path = resolve_data(data, spec, Path(spec_path).parent)
     storage = open_storage(url)
-    existing = next((s for s in optuna.get_all_study_summaries(storage) if s.study_name == name), None)
-    if existing is not None:
-        same = existing.user_attrs.get(ATTR_FILE) == spec.text
+    if name in optuna.get_all_study_names(storage):
+        existing = optuna.load_study(study_name=name, storage=storage)
+        same = study_file_text(existing) == spec.text
         if same and skip_if_exists and not replace:
-            return optuna.load_study(study_name=name, storage=storage), False
+            return existing, False
         if not replace:
             why = "already exists" if same else "already exists with a different study file"
             fix = "pass --skip-if-exists to use it" if same else "pass --replace to delete it and start over, or --name NEW"
@@ -389,7 +407,13 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
         optuna.delete_study(study_name=name, storage=storage)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=make_sampler(spec), pruner=make_pruner(spec))
-    study.set_user_attr(ATTR_FILE, spec.text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])  # the dashboard's axis reads val_accuracy, not "Objective 0"
+    storage.set_study_system_attr(study._study_id, ATTR_FILE, spec.text)
+    from optuna_dashboard import save_note
+
+    save_note(study, f"Created by `fer-opt create-study` from `{spec_path}`:\n\n```yaml\n{spec.text.rstrip()}\n```\n")
     study.set_user_attr(ATTR_DATA, data_path)
     study.set_user_attr(ATTR_PATH, str(spec_path))
     for params in spec.enqueue:
@@ -419,7 +443,54 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             for t in trials if t.state == TrialState.RUNNING
         ],
         "trials_per_hour": len(done) / hours if hours > 0 else None,
+        "comparison": comparison(study, spec),
     }
+
+
+def _epochs(trial: optuna.trial.FrozenTrial) -> int:
+    return max(trial.intermediate_values, default=0)
+
+
+def comparison(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
+    """What the search bought: the best trial against the study file's first enqueued configuration
+    (the original's), both trained the same way, and what pruning saved. None before both exist."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    baseline = spec.enqueue[0] if spec.enqueue else None
+    original = next((t for t in trials if t.state in FINISHED and baseline is not None
+                     and all(t.params.get(k) == v for k, v in baseline.items())), None)
+    if not complete or original is None:
+        return None
+    best = max(complete, key=lambda t: t.value)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    finished = [t for t in trials if t.state in FINISHED]
+
+    def row(t):
+        value = t.value if t.state == TrialState.COMPLETE else t.intermediate_values[_epochs(t)]
+        return {"trial": t.number, "val_accuracy": value, "epochs": _epochs(t), "state": t.state.name.lower(),
+                "params": t.params}
+
+    spent = sum(_epochs(t) for t in finished)
+    saved = sum(spec.train.epochs - _epochs(t) for t in pruned)
+    return {"original": row(original), "best": row(best), "gain": best.value - row(original)["val_accuracy"],
+            "trials": len(finished), "pruned": len(pruned), "epochs_run": spent, "epochs_saved_by_pruning": saved,
+            "epochs_without_pruning": spent + saved}
+
+
+def format_comparison(c: dict[str, Any] | None) -> list[str]:
+    if c is None:
+        return []
+    o, b = c["original"], c["best"]
+    lines = ["what the search bought (same data, same epochs per trial):",
+             f"  original config  trial {o['trial']:>3}: val accuracy {o['val_accuracy']:.4f}, {o['epochs']} epochs"
+             + (" (pruned)" if o["state"] == "pruned" else ""),
+             f"  best found       trial {b['trial']:>3}: val accuracy {b['val_accuracy']:.4f}, {b['epochs']} epochs"
+             f"  ({100 * c['gain']:+.1f} points)"]
+    total = c["epochs_without_pruning"]
+    share = f" ({c['epochs_saved_by_pruning'] / total:.0%})" if total else ""
+    lines.append(f"  {c['trials']} trials, {c['pruned']} pruned: {c['epochs_run']} epochs run, "
+                 f"{c['epochs_saved_by_pruning']} saved by pruning{share}")
+    return lines
 
 
 def format_status(info: dict[str, Any], url: str) -> str:
@@ -436,7 +507,7 @@ def format_status(info: dict[str, Any], url: str) -> str:
         lines.append(f"running: trial {r['number']} on {r['worker']} ({r['device']}), epoch {r['epoch']}/{r['epochs']}")
     if info["trials_per_hour"]:
         lines.append(f"throughput: {info['trials_per_hour']:.1f} trials/hour")
-    return "\n".join(lines)
+    return "\n".join(lines + format_comparison(info["comparison"]))
 
 
 def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -> dict[str, Any]:
@@ -453,9 +524,15 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
         raise FerOptError(f"study {study.study_name!r} has no complete trial yet; run 'fer-opt worker' first")
     out = Path(out)
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, top + 1)]
+    final = dict(spec.final)
+    proxy = {k: getattr(spec.train, k) for k in final}
     for path, trial in zip(paths, complete):
-        cfg = config_from_dict({**spec.train.to_dict(), **trial.params, "provenance": provenance(study, trial, url)})
+        origin = {**provenance(study, trial, url), **({"proxy": proxy} if final else {})}
+        cfg = config_from_dict({**spec.train.to_dict(), **trial.params, **final, "provenance": origin})
         header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.value:.4f}"
+        if final:
+            header += ("\n# found on the proxy " + ", ".join(f"{k} {v}" for k, v in proxy.items())
+                       + "; the study file's final: section sets " + ", ".join(f"{k} {v}" for k, v in final.items()))
         dump_config(cfg, path, header)
     return paths[: len(complete)]
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import augment
 from .config import TrainConfig, config_from_dict
-from .data import CLASSES, FerData, stratified_indices
+from .data import CLASSES, FerData, clean, stratified_indices
 from .errors import FerOptError
 from .models import build_model, count_parameters
 
@@ -105,12 +105,20 @@ class DeviceSplit:
         return len(self.labels)
 
 
-def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0) -> DeviceSplit:
+def pixels(images: np.ndarray, device: torch.device, equalize: bool = False) -> torch.Tensor:
+    """uint8 (N, 48, 48) on the host -> uint8 (N, 1, 48, 48) on the device, through the model's pixel pipeline."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+    if equalize:
+        x = augment.equalize(x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
+              equalize: bool = False) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
-    return DeviceSplit(x.contiguous(memory_format=torch.channels_last), torch.from_numpy(labels).to(device))
+    return DeviceSplit(pixels(images, device, equalize), torch.from_numpy(labels).to(device))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -319,11 +327,15 @@ def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, 
     members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
     models, configs = [], []
     for member in members:
-        cfg = config_from_dict(member["config"], "checkpoint config")
+        # Checkpoints from before the pixel pipeline was saved fed the model raw pixels.
+        cfg = config_from_dict({"equalize": False, **member["config"]}, "checkpoint config")
         model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
         model.load_state_dict(member["state_dict"])
         models.append(model)
         configs.append(cfg)
+    if len({c.equalize for c in configs}) > 1:
+        raise FerOptError("the ensemble's members differ in their pixel pipeline (equalize); build it from "
+                          "trials that share it")
     model = models[0] if len(models) == 1 and ckpt.get("kind") != "ensemble" else SoftVote(models)
     return model.to(device, memory_format=torch.channels_last).eval(), configs[0]
 
@@ -380,6 +392,17 @@ def _load_state(path: Path, cfg: TrainConfig, model, opt, sched, ema, gen, rng, 
     return len(result.history)
 
 
+def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
+    ckpt = read_checkpoint(cfg.init)
+    if ckpt.get("kind") != "model":
+        raise FerOptError(f"init {cfg.init}: an ensemble cannot start a run; give a single model's checkpoint")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise FerOptError(f"init {cfg.init}: its weights do not fit {cfg.model} (width {cfg.width}, hidden_dim "
+                          f"{cfg.hidden_dim}); the config must have the checkpoint's model, width and hidden_dim") from None
+
+
 def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
           on_epoch: Callable[[EpochStats], bool | None] | None = None,
           checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
@@ -394,10 +417,14 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     gen = torch.Generator(device).manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     bf16 = use_bf16(cfg.precision, device)
-    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed)
-    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed)
+    data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.equalize)
+    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.equalize)
 
-    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+    if cfg.init:
+        _load_init(model, cfg)
+    model = model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
     sched, per_step = make_scheduler(cfg, opt, steps)

@@ -36,6 +36,14 @@ class TrialDropped(FerOptError):
     """A trial that cannot or must not run; it is recorded as failed and the worker goes on."""
 
 
+class Interrupted(FerOptError):
+    """SIGINT/SIGTERM stopped the worker; exits 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     study: str
@@ -62,6 +70,7 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
     from .tracking import TrialTracker
 
     def objective(trial: optuna.Trial) -> float:
+        objective.running = trial.number
         ahead = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
                  if t.number < trial.number]
         if len(ahead) >= spec.n_trials:
@@ -87,6 +96,8 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
                 first_epoch.append(stats.epoch)
                 if stats.epoch > 1:  # this attempt resumed an earlier one's run
                     trial.set_user_attr("resumed_at_epoch", stats.epoch - 1)
+            log(f"trial {trial.number} epoch {stats.epoch}/{cfg.epochs}: val accuracy {stats.val_acc:.4f} "
+                f"({stats.seconds:.0f}s)")
             trial.report(stats.val_acc, stats.epoch)
             trial.set_user_attr("epochs_run", stats.epoch)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
@@ -129,7 +140,21 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
         log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
         return result.best_val_acc
 
+    objective.running = None  # the number of the trial in progress, for an interruption to re-queue
     return objective
+
+
+def _requeue(study: optuna.Study, number: int | None) -> str:
+    """Queue a trial that this worker was stopped in for another attempt, as a stale one would be:
+    same parameters, up to the retry limit, resumed from its last saved epoch."""
+    if number is None:
+        return "no trial was running"
+    trial = study.get_trials(deepcopy=False)[number]
+    if trial.state != TrialState.FAIL:
+        return f"trial {number} had already finished"
+    retry = study._storage.get_heartbeat_stale_trial_callback()
+    retry(study, trial)
+    return f"trial {number} was re-queued for another worker"
 
 
 def _take_over_state(study: optuna.Study, trial: optuna.Trial, folder: Path, state: Path) -> None:
@@ -150,19 +175,20 @@ def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
         trial.set_user_attr("gpu_peak_mb", round(torch.cuda.max_memory_allocated(device) / 2**20))
 
 
-def _install_signal_handlers(log) -> None:
-    """First Ctrl-C/SIGTERM: fail the running trial and exit 0. Second: exit at once."""
-    received = []
+def _install_signal_handlers(log) -> list[int]:
+    """First Ctrl-C/SIGTERM: stop the running trial, which is re-queued. Second: exit at once."""
+    received: list[int] = []
 
     def handler(signum, frame):
         if received:
-            os._exit(130)
+            os._exit(128 + signum)
         received.append(signum)
-        log(f"{signal.Signals(signum).name}: stopping after marking the running trial failed (again to force)")
+        log(f"{signal.Signals(signum).name}: stopping; the running trial goes back to the queue (again to force)")
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return received
 
 
 def run(opts: WorkerOptions) -> int:
@@ -172,7 +198,7 @@ def run(opts: WorkerOptions) -> int:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {prefix} {msg}", flush=True)
 
-    _install_signal_handlers(log)
+    signals = _install_signal_handlers(log)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = trainer.resolve_device(opts.device)
@@ -207,7 +233,10 @@ def run(opts: WorkerOptions) -> int:
             study.optimize(objective, n_trials=1, catch=(TrialDropped,))
             ran += 1
     except KeyboardInterrupt:
-        log("interrupted: the running trial was marked failed; exiting")
+        signum = signals[0] if signals else signal.SIGINT
+        outcome = _requeue(study, objective.running)
+        log(f"interrupted: {outcome}; exiting")
+        raise Interrupted(signum, f"worker stopped by {signal.Signals(signum).name}; {outcome}") from None
     return ran
 
 

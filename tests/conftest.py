@@ -78,3 +78,25 @@ def storage_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/study.db"
     return request.getfixturevalue("postgres").new_database()
+
+
+def face_canvas(faces: np.ndarray, side: int = 160, cols: int = 4, pad: int = 60, seed: int = 0):
+    """A 'group photo': 48x48 face crops enlarged to `side` on a textured background, in a grid.
+
+    Returns the RGB image and each face's (x, y) corner, so that tests can check every box.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rows = -(-len(faces) // cols)
+    height, width = rows * (side + pad) + pad, cols * (side + pad) + pad
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = (90 + 60 * np.sin(xx / 37.0) * np.cos(yy / 53.0) + rng.normal(0, 12, (height, width))).clip(0, 255)
+    photo = np.stack([background * 0.8, background * 0.9, background], -1).astype(np.uint8)
+    corners = []
+    for k, face in enumerate(faces):
+        r, c = divmod(k, cols)
+        y0, x0 = pad + r * (side + pad), pad + c * (side + pad)
+        photo[y0:y0 + side, x0:x0 + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)[..., None]
+        corners.append((x0, y0))
+    return photo, corners

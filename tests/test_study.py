@@ -4,6 +4,7 @@ import pytest
 
 from conftest import ROOT, fer_opt
 from fer_optuna import study as fer_study
+from fer_optuna.config import load_config
 from fer_optuna.errors import FerOptError
 
 TINY = ROOT / "tests" / "studies" / "tiny.yaml"
@@ -55,7 +56,9 @@ def test_mask_url_hides_the_password():
 def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/s.db"
     study, new = fer_study.create(TINY, url, data=str(sample_csv))
-    assert new and study.user_attrs[fer_study.ATTR_FILE] == TINY.read_text()
+    assert new and fer_study.study_file_text(study) == TINY.read_text()
+    assert fer_study.ATTR_FILE not in study.user_attrs, "`optuna studies` prints user attributes: keep them short"
+    assert study.metric_names == ["val_accuracy"]
     assert study.user_attrs[fer_study.ATTR_DATA] == str(sample_csv.resolve())
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
     with pytest.raises(FerOptError, match="already exists; pass --skip-if-exists"):
@@ -83,3 +86,66 @@ def test_export_requires_a_complete_trial(tmp_path, sample_csv):
     fer_opt("create-study", "--config", TINY, "--storage", url, "--data", sample_csv)
     proc = fer_opt("export", "--storage", url, "-o", tmp_path / "b.yaml", check=False)
     assert proc.returncode == 2 and "no complete trial yet" in proc.stderr
+
+
+PROXY = TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0}", """train: {model: cnn3, epochs: 4, seed: 0, train_subset: 200, val_subset: 100}
+final: {train_subset: 0, val_subset: 0, epochs: 20, scheduler: cosine}""")
+
+
+def _proxy_study(tmp_path):
+    spec_path = tmp_path / "proxy.yaml"
+    spec_path.write_text(PROXY)
+    url = f"sqlite:///{tmp_path}/s.db"
+    study, _ = fer_study.create(spec_path, url, data=str(ROOT / "README.md"))
+    spec = fer_study.load_spec(spec_path)
+    baseline = dict(spec.enqueue[0])
+    # The enqueued original runs first (as a worker would), then the search's trials.
+    trial = study.ask()
+    fer_study.suggest(trial, spec.space)
+    for epoch, value in enumerate([0.30, 0.35, 0.38, 0.40], 1):
+        trial.report(value, epoch)
+    study.tell(trial, 0.40)
+    better = {**baseline, "lr": 3e-3, "dropout": 0.3}
+    dists = study.trials[0].distributions
+    for params, values, prune in ((better, [0.33, 0.41, 0.45, 0.47], False),
+                                  ({**baseline, "lr": 1e-5}, [0.20], True),
+                                  ({**baseline, "lr": 5e-2}, [0.25, 0.28], True)):
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dists, intermediate_values=dict(enumerate(values, 1)),
+            value=None if prune else values[-1],
+            state=optuna.trial.TrialState.PRUNED if prune else optuna.trial.TrialState.COMPLETE))
+    return study, url
+
+
+def test_export_writes_the_final_config_not_the_proxy(tmp_path):
+    study, url = _proxy_study(tmp_path)
+    spec = fer_study.load_spec(tmp_path / "proxy.yaml")
+    [path] = fer_study.export(study, spec, tmp_path / "best.yaml", 1, url)
+    cfg = load_config(path)
+    assert (cfg.train_subset, cfg.val_subset, cfg.epochs, cfg.scheduler) == (0, 0, 20, "cosine")
+    assert cfg.lr == 3e-3 and cfg.dropout == 0.3, "the best trial's parameters"
+    assert cfg.provenance["trial"] == 1 and cfg.provenance["proxy"] == {
+        "train_subset": 200, "val_subset": 100, "epochs": 4, "scheduler": "plateau"}
+    header = path.read_text().splitlines()[:2]
+    assert header[0].startswith("# best trial 1 of study tiny: val accuracy 0.4700")
+    assert header[1] == ("# found on the proxy train_subset 200, val_subset 100, epochs 4, scheduler plateau; "
+                         "the study file's final: section sets train_subset 0, val_subset 0, epochs 20, scheduler cosine")
+
+
+def test_final_may_not_override_what_the_search_chooses():
+    with pytest.raises(FerOptError, match="final sets lr, which the search chooses"):
+        fer_study.parse_spec(PROXY.replace("scheduler: cosine}", "scheduler: cosine, lr: 0.1}"), "s.yaml")
+    with pytest.raises(FerOptError, match="final: .*epochs"):
+        fer_study.parse_spec(PROXY.replace("epochs: 20", "epochs: 0"), "s.yaml")
+
+
+def test_comparison_counts_what_the_search_bought(tmp_path):
+    study, url = _proxy_study(tmp_path)
+    c = fer_study.comparison(study, fer_study.load_spec(tmp_path / "proxy.yaml"))
+    assert c["original"]["trial"] == 0 and c["original"]["val_accuracy"] == 0.40 and c["original"]["epochs"] == 4
+    assert c["best"]["trial"] == 1 and c["best"]["val_accuracy"] == 0.47
+    assert c["gain"] == pytest.approx(0.07)
+    assert (c["trials"], c["pruned"], c["epochs_run"], c["epochs_saved_by_pruning"]) == (4, 2, 11, 5)
+    text = fer_opt("status", "--storage", url).stdout
+    assert "what the search bought" in text and "(+7.0 points)" in text
+    assert "4 trials, 2 pruned: 11 epochs run, 5 saved by pruning (31%)" in text

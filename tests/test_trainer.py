@@ -151,9 +151,9 @@ def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
 
     face = tmp_path / "face.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(face)
-    lines = fer_opt("predict", "--model", model, face, face, "--json").stdout.splitlines()
-    pred = json.loads(lines[0])
-    assert len(lines) == 2 and pred["emotion"] in data.CLASSES
+    lines = fer_opt("predict", "--model", model, face, face, "--json", "--no-detect").stdout.splitlines()
+    [pred] = json.loads(lines[0])["faces"]
+    assert len(lines) == 2 and pred["emotion"] in data.CLASSES and pred["box"] == [0, 0, 90, 120]
     assert abs(sum(pred["probabilities"].values()) - 1) < 1e-3
 
     missing = fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "test", check=False)
@@ -200,5 +200,5 @@ def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
     assert (ROOT / origin["study_file"]).read_text() == ckpt["meta"]["study_file_text"]
     face = tmp_path / "face.jpg"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(face)
-    pred = json.loads(fer_opt("predict", "--model", path, face, "--json").stdout)
+    [pred] = json.loads(fer_opt("predict", "--model", path, face, "--json", "--no-detect").stdout)["faces"]
     assert pred["emotion"] in data.CLASSES

@@ -130,7 +130,7 @@ def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
 
 
-def test_sigterm_fails_the_running_trial_and_exits_zero(tmp_path, sample_csv):
+def test_sigterm_requeues_the_running_trial_and_exits_143(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
     spec.write_text(TINY.read_text().replace("epochs: 3", "epochs: 50"))
     url = f"sqlite:///{tmp_path}/study.db"
@@ -139,9 +139,12 @@ def test_sigterm_fails_the_running_trial_and_exits_zero(tmp_path, sample_csv):
     study = load(url)
     wait_for(lambda: any(t.intermediate_values for t in study.get_trials()), 120, "a trial to report an epoch")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, (tmp_path / "w.log").read_text()
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
-    assert "SIGTERM" in (tmp_path / "w.log").read_text()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, (tmp_path / "w.log").read_text()
+    stopped, again = study.get_trials()
+    assert stopped.state == TrialState.FAIL and again.state == TrialState.WAITING
+    assert again.params == stopped.params and again.system_attrs["failed_trial"] == stopped.number
+    log = (tmp_path / "w.log").read_text()
+    assert "SIGTERM" in log and f"trial {stopped.number} was re-queued" in log
 
 
 def _child_cmdlines(pid: int) -> list[str]:
@@ -230,11 +233,18 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
-    out = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", TINY, "--gpu", "cpu", "--port", "0",
+    spec = tmp_path / "tiny.yaml"  # a proxy of 200 images; the final fit takes them all, for 2 epochs
+    spec.write_text(TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0}", (
+        "train: {model: cnn3, epochs: 3, seed: 0, train_subset: 200}\nfinal: {train_subset: 0, epochs: 2}")))
+    out = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
                   "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
     assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
-    assert load_config(tmp_path / "runs" / "best.yaml").provenance["study"] == "tiny"
+    assert "what the search bought" in out and "original config  trial   0" in out
+    assert re.search(r"trial \d+ epoch 3/3: val accuracy", out), "progress of every epoch"
+    final = load_config(tmp_path / "runs" / "best.yaml")
+    assert final.provenance["study"] == "tiny" and (final.train_subset, final.epochs) == (0, 2)
+    assert "epoch   2/2" in out and "epoch   3/" not in out.split("training the final model")[1]
     assert (tmp_path / "runs" / "best.pt").exists()
-    again = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", TINY, "--gpu", "cpu", "--port", "0",
+    again = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
                     "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
     assert "study tiny resumed" in again and "budget reached" in again

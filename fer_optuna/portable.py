@@ -1,0 +1,92 @@
+"""Models outside this package: ONNX export, and one classifier interface for .pt and .onnx files.
+
+The ONNX graph takes raw pixels (float32 (N, 1, 48, 48), 0-255, any batch size) and
+returns class probabilities; the model's pixel pipeline (histogram equalisation and
+normalisation) is inside it, so any ONNX runtime gets the same answers as PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import augment, trainer
+from .config import TrainConfig
+from .data import CLASSES
+from .errors import FerOptError
+
+OPSET = 18
+
+
+class PixelModel(nn.Module):
+    """A trained model with its pixel pipeline in front and softmax behind: pixels in, probabilities out."""
+
+    def __init__(self, model: nn.Module, equalize: bool):
+        super().__init__()
+        self.model, self.equalize = model, equalize
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.round().clamp(0, 255).to(torch.uint8)
+        if self.equalize:
+            x = augment.equalize(x)
+        return self.model(augment.normalize(x.float() / 255.0)).float().softmax(-1)
+
+
+def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
+    """Write the checkpoint's model as ONNX, with its config and classes in the file's metadata."""
+    import onnx
+
+    model, cfg = trainer.model_from_checkpoint(ckpt, torch.device("cpu"))
+    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.equalize).eval()
+    example = torch.randint(0, 256, (2, 1, 48, 48)).float()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (example,), str(out), dynamo=False, opset_version=OPSET,
+                          input_names=["pixels"], output_names=["probabilities"],
+                          dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}})
+    graph = onnx.load(str(out))
+    for key, value in (("fer_optuna.classes", json.dumps(list(CLASSES))), ("fer_optuna.config", json.dumps(cfg.to_dict())),
+                       ("fer_optuna.meta", json.dumps(ckpt.get("meta", {}), default=str))):
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(out))
+    return cfg
+
+
+class Classifier:
+    """Class probabilities for uint8 face crops (N, 48, 48), from a .pt checkpoint or an .onnx file."""
+
+    def __init__(self, path: Path, device: str = "auto"):
+        self.path = Path(path)
+        self.session = None
+        if self.path.suffix.lower() == ".onnx":
+            import onnxruntime
+
+            if not self.path.is_file():
+                raise FerOptError(f"{path}: no such model file")
+            try:
+                self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own types for a damaged or foreign file
+                raise FerOptError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+            if [i.name for i in self.session.get_inputs()] != ["pixels"]:
+                raise FerOptError(f"{path}: not a fer-optuna ONNX model (expected one input named 'pixels')")
+            self.name = "onnx"
+        else:
+            self.device = trainer.resolve_device(device)
+            self.model, self.cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(self.path), self.device)
+            self.name = self.cfg.model
+
+    def probs(self, crops: np.ndarray, tta: bool = False) -> np.ndarray:
+        if self.session is not None:
+            if tta:
+                raise FerOptError("--tta needs the .pt checkpoint; the ONNX graph scores the image as it is")
+            x = crops[:, None].astype(np.float32)
+            return self.session.run(["probabilities"], {"pixels": x})[0]
+        x = trainer.pixels(crops, self.device, self.cfg.equalize)
+        bf16 = trainer.use_bf16(self.cfg.precision, self.device)
+        return trainer.predict_proba(self.model, x, bf16, tta, self.cfg.crop).cpu().numpy()

@@ -1,0 +1,143 @@
+"""deploy/kubernetes checked offline: schemas, agreement with the image, compose and CLI, and a worker pod's command run for real."""
+
+import re
+import shutil
+
+import kubernetes_validate
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import ROOT, fer_opt
+from test_workers import TINY
+
+K8S = ROOT / "deploy" / "kubernetes"
+KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+SCHEMA_VERSION = "1.37.0"  # the newest schemas bundled with kubernetes-validate
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+SECRET_EXAMPLE = dict(line.split("=", 1) for line in (K8S / "secret.env.example").read_text().splitlines()
+                      if line and not line.startswith("#"))
+
+
+def _resources() -> list[dict]:
+    docs = []
+    for name in KUSTOMIZATION["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return docs
+
+
+def _by_kind_name() -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for d in _resources()}
+
+
+def _generated_secret() -> dict:
+    [generator] = KUSTOMIZATION["secretGenerator"]
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": generator["name"], "namespace": KUSTOMIZATION["namespace"]},
+            "stringData": SECRET_EXAMPLE}
+
+
+def _container(kind: str, name: str) -> dict:
+    [container] = _by_kind_name()[(kind, name)]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_every_manifest_validates_against_the_kubernetes_schemas():
+    assert kubernetes_validate.latest_version() >= SCHEMA_VERSION
+    listed = set(KUSTOMIZATION["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}, "every manifest belongs in kustomization.yaml"
+    resources = _resources() + [_generated_secret()]
+    for resource in resources:
+        kubernetes_validate.validate(resource, SCHEMA_VERSION, strict=True)
+    kinds = sorted(d["kind"] for d in resources)
+    assert kinds == sorted(["Namespace", "Service", "StatefulSet", "PersistentVolumeClaim", "PersistentVolumeClaim",
+                            "Job", "Job", "Deployment", "Service", "Secret"])
+
+
+def test_a_bad_manifest_is_refused():
+    job = _by_kind_name()[("Job", "workers")]
+    for change in ({"paralellism": 4}, {"parallelism": "four"}):  # a misspelt field, a wrong type
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate({**job, "spec": {**job["spec"], **change}}, SCHEMA_VERSION, strict=True)
+
+
+def test_workers_take_one_gpu_each_and_retry_instead_of_losing_trials():
+    job = _by_kind_name()[("Job", "workers")]["spec"]
+    assert job["completionMode"] == "Indexed" and job["parallelism"] == job["completions"]
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure" and job["backoffLimit"] >= job["parallelism"]
+    worker = _container("Job", "workers")
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["args"] == COMPOSE["worker"]["command"], "the pod runs what the compose worker runs"
+    mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    assert mounts["/data"]["readOnly"] and "/checkpoints" in mounts
+    data_dir = dict((e["name"], e.get("value")) for e in worker["env"])["FER_OPT_DATA"]
+    assert data_dir.startswith("/data/")
+
+
+def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_cli():
+    assert 'ENTRYPOINT ["fer-opt"]' in (ROOT / "Dockerfile").read_text(), "manifests pass args to the fer-opt entrypoint"
+    assert _container("StatefulSet", "postgres")["image"] == COMPOSE["postgres"]["image"]
+    [image] = KUSTOMIZATION["images"]
+    for kind, name, service in (("Job", "create-study", "create-study"), ("Job", "workers", "worker"),
+                                ("Deployment", "dashboard", "dashboard")):
+        container = _container(kind, name)
+        assert container["image"] == image["name"] and "command" not in container
+        assert container["args"][0] == COMPOSE[service]["command"][0]
+    assert _container("Deployment", "dashboard")["args"] == COMPOSE["dashboard"]["command"]
+    create = _container("Job", "create-study")["args"]
+    assert "--skip-if-exists" in create and (ROOT / create[create.index("--config") + 1]).is_file()
+    help_text = {cmd: fer_opt(cmd, "--help").stdout for cmd in ("worker", "create-study", "dashboard")}
+    for kind, name in (("Job", "create-study"), ("Job", "workers"), ("Deployment", "dashboard")):
+        container = _container(kind, name)
+        for flag in (a for a in container["args"] if a.startswith("--")):
+            assert flag in help_text[container["args"][0]], f"{flag} is not an option of fer-opt {container['args'][0]}"
+        for env in container["env"]:
+            assert env["name"] in ("FER_OPT_STORAGE", "FER_OPT_DATA")
+            if env["name"] == "FER_OPT_STORAGE":
+                assert env["valueFrom"]["secretKeyRef"] == {"name": "fer-optuna", "key": "FER_OPT_STORAGE"}
+    postgres = _container("StatefulSet", "postgres")
+    assert postgres["envFrom"] == [{"secretRef": {"name": "fer-optuna"}}] and "pg_isready" in str(postgres["readinessProbe"])
+    assert set(SECRET_EXAMPLE) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "FER_OPT_STORAGE"}
+    for path in K8S.glob("*.yaml"):
+        assert not re.search(r"postgres(ql)?(\+\w+)?://", path.read_text()), f"{path.name}: a storage URL belongs in the Secret"
+    assert _by_kind_name()[("Service", "dashboard")]["spec"]["type"] == "ClusterIP"
+    assert "/deploy/kubernetes/secret.env" in (ROOT / ".gitignore").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_pods_command_and_environment_run_a_trial(postgres, tmp_path, sample_csv):
+    url = postgres.new_database()
+    worker = _container("Job", "workers")
+    # The pod's volumes, mounted here as folders: /data holds the data, /checkpoints gets the trials'.
+    mounts = {m["mountPath"]: tmp_path / m["name"] for m in worker["volumeMounts"]}
+    for folder in mounts.values():
+        folder.mkdir()
+    secret = {**SECRET_EXAMPLE, "FER_OPT_STORAGE": url}
+
+    def pod_env(container: dict) -> dict:
+        env = {}
+        for item in container["env"]:
+            value = secret[item["valueFrom"]["secretKeyRef"]["key"]] if "valueFrom" in item else item["value"]
+            for mount, folder in mounts.items():
+                if value.startswith(mount + "/"):
+                    value = f"{folder}/{value.removeprefix(mount + '/')}"
+            env[item["name"]] = value
+        return env
+
+    env = pod_env(worker)
+    shutil.copy(sample_csv, env["FER_OPT_DATA"])
+    one = tmp_path / "one.yaml"
+    one.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 1"))
+    create = _container("Job", "create-study")["args"]
+    fer_opt(*create[:create.index("--config") + 1], one, *create[create.index("--config") + 2:],
+            env=pod_env(_container("Job", "create-study")))
+    # The pod's exact arguments; the one change: no GPU here, so its device is the CPU.
+    args = [str(mounts.get(a, a)) for a in worker["args"]]
+    args[args.index("--gpu") + 1] = "cpu"
+    proc = fer_opt(*args, env=env)
+    assert "budget reached" in proc.stdout or "complete" in proc.stdout, proc.stdout
+    [trial] = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert trial.state == TrialState.COMPLETE
+    assert (mounts["/checkpoints"] / "tiny" / f"trial-{trial.number}.pt").is_file()

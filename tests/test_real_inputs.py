@@ -1,0 +1,208 @@
+"""Real inputs: both editions of the pixels, data checks, photos with many faces, ONNX models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FULL_NPZ, ROOT, face_canvas, fer_opt, synthetic_rows, write_csv
+from fer_optuna import augment, data, trainer
+from fer_optuna.config import TrainConfig
+from fer_optuna.errors import FerOptError
+from fer_optuna.faces import find_faces
+from fer_optuna.portable import Classifier, export_onnx
+
+SHIPPED = ROOT / "models" / "fer2013-best.pt"
+
+
+@pytest.fixture(scope="module")
+def fer():
+    return data.load(FULL_NPZ)
+
+
+def _one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
+
+
+# --------------------------------------------------------------------------- the pixel pipeline
+
+
+def test_equalize_is_opencvs_equalizehist(fer):
+    import cv2
+
+    images = np.concatenate([fer.split("val")[0][:300], np.zeros((1, 48, 48), np.uint8), np.full((1, 48, 48), 9, np.uint8)])
+    ours = augment.equalize(torch.from_numpy(images).unsqueeze(1)).squeeze(1).numpy()
+    assert np.array_equal(ours, np.stack([cv2.equalizeHist(i) for i in images]))
+
+
+def _model_file(tmp_path, equalize: bool, **meta) -> str:
+    cfg = TrainConfig(model="cnn_small", hidden_dim=16, equalize=equalize)
+    torch.manual_seed(0)
+    model = trainer.build_model(cfg.model, cfg.dropout, cfg.hidden_dim)
+    path = tmp_path / f"eq-{equalize}.pt"
+    trainer.save_checkpoint(path, model.eval(), cfg, **meta)
+    return path
+
+
+def test_the_pipeline_travels_with_the_model_and_ignores_contrast(tmp_path, fer):
+    faces = fer.split("val")[0][:16] // 2
+    stretched = faces * 2 + 1  # the same faces with twice the contrast (a one-to-one change of grey levels)
+    with_step = Classifier(_model_file(tmp_path, True), "cpu")
+    assert with_step.cfg.equalize
+    assert np.array_equal(with_step.probs(faces), with_step.probs(stretched))
+    without = Classifier(_model_file(tmp_path, False), "cpu")
+    assert not np.allclose(without.probs(faces), without.probs(stretched), atol=1e-3)
+
+
+def test_checkpoints_from_before_the_pipeline_feed_raw_pixels(tmp_path):
+    path = _model_file(tmp_path, True)
+    ckpt = trainer.read_checkpoint(path)
+    del ckpt["config"]["equalize"]
+    _, cfg = trainer.model_from_checkpoint(ckpt, torch.device("cpu"))
+    assert cfg.equalize is False
+
+
+def test_training_applies_the_step_and_can_start_from_a_checkpoint(tmp_path, fer):
+    small = data.FerData({"train": fer.images["train"][:256], "val": fer.images["val"][:64]},
+                         {"train": fer.labels["train"][:256], "val": fer.labels["val"][:64]}, "small")
+    base = _model_file(tmp_path, True)
+    cfg = TrainConfig(model="cnn_small", hidden_dim=16, epochs=1, batch_size=64, lr=1e-9, init=str(base), flip=False,
+                      rotation=0, dropout=0.0)
+    result = trainer.train(cfg, small, device=torch.device("cpu"), checkpoint=tmp_path / "ft.pt", log=None)
+    start = Classifier(base, "cpu")
+    tuned = Classifier(tmp_path / "ft.pt", "cpu")
+    # lr ~ 0: the run kept the initial weights (BatchNorm statistics aside), so it began from them.
+    assert (start.probs(small.images["val"]).argmax(1) == tuned.probs(small.images["val"]).argmax(1)).mean() > 0.8
+    assert result.epochs_run == 1
+    with pytest.raises(FerOptError, match="do not fit"):
+        trainer.train(cfg.replace(hidden_dim=32), small, device=torch.device("cpu"), log=None)
+
+
+# --------------------------------------------------------------------------- data checks
+
+
+def test_quality_finds_blanks_duplicates_leaks_and_conflicts():
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (10, 48, 48), dtype=np.uint8)
+    train[1] = 0  # blank
+    train[2] = train[3]  # duplicate within train, same label
+    train[4] = train[5]  # duplicate with a conflicting label
+    val = rng.integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    val[0] = train[6]  # the same face in train and val
+    labels = np.array([0, 1, 2, 2, 3, 4, 5, 6, 0, 1])
+    fer = data.FerData({"train": train, "val": val}, {"train": labels, "val": np.array([5, 1, 2, 3])}, "synthetic")
+    q = data.quality(fer)
+    assert q["blank"] == {"train": 1, "val": 0}
+    assert q["duplicates"]["train"] == {"groups": 2, "extra_copies": 2}
+    assert q["cross_split"]["train/val"] == {"groups": 1, "val_images": 1}
+    assert q["conflicting_labels"] == {"groups": 1, "images": 2}
+    cleaned = data.clean(fer, drop_blank=True, drop_cross_split=True)
+    assert len(cleaned.labels["train"]) == 8 and len(cleaned.labels["val"]) == 4
+    assert not (cleaned.images["train"] == train[6]).all((1, 2)).any()
+
+
+def test_inspect_reports_the_known_quirks_of_fer2013():
+    proc = fer_opt("data", "inspect", FULL_NPZ, "--json")
+    report = json.loads(proc.stdout)
+    assert report["blank"] == {"train": 11, "val": 1}  # the dozen all-black images
+    assert report["cross_split"]["train/val"]["val_images"] == 280
+    assert report["conflicting_labels"]["groups"] == 47
+    text = fer_opt("data", "inspect", FULL_NPZ).stdout
+    assert "blank images (one value): train 11, val 1" in text and "conflicting labels" in text
+
+
+def test_evaluate_needs_only_the_rows_it_uses(tmp_path):
+    model = _model_file(tmp_path, True)
+    test_only = write_csv(tmp_path / "private.csv", synthetic_rows({"PrivateTest": 14}))
+    report = json.loads(fer_opt("evaluate", "--model", model, "--data", test_only, "--split", "test", "--json").stdout)
+    assert report["split"] == "test" and 0 <= report["accuracy"] <= 1
+    _one_line_error(fer_opt("evaluate", "--model", model, "--data", test_only, "--split", "val", check=False),
+                    "no 'val' split", "it has: test")
+    _one_line_error(fer_opt("train", "--data", test_only, "--epochs", "1", "--out", tmp_path / "m.pt", check=False),
+                    "no 'train' split")
+
+
+# --------------------------------------------------------------------------- photos
+
+
+@pytest.fixture(scope="module")
+def group_photo(tmp_path_factory, fer):
+    faces = fer.split("val")[0][[3, 8, 15, 16, 23, 42, 108, 133]]
+    photo, corners = face_canvas(faces)
+    path = tmp_path_factory.mktemp("photos") / "group.jpg"
+    Image.fromarray(photo).save(path, quality=92)
+    return path, corners
+
+
+def test_every_box_is_one_face(group_photo):
+    path, corners = group_photo
+    boxes = [f.box for f in find_faces(np.asarray(Image.open(path).convert("RGB")))]
+    hit = []
+    for x, y, w, h in boxes:
+        cx, cy = x + w / 2, y + h / 2
+        [face] = [k for k, (x0, y0) in enumerate(corners) if x0 <= cx < x0 + 160 and y0 <= cy < y0 + 160]
+        hit.append(face)
+    assert len(set(hit)) == len(hit), "a face got two boxes"
+    assert len(hit) >= 6, f"found {len(hit)} of {len(corners)} faces"
+
+
+def test_predict_boxes_labels_and_annotates(tmp_path, group_photo):
+    path, _ = group_photo
+    out = fer_opt("predict", "--model", SHIPPED, path, "--json", "--annotate", tmp_path / "ann").stdout
+    [result] = [json.loads(line) for line in out.splitlines()]
+    assert len(result["faces"]) >= 6
+    for face in result["faces"]:
+        assert len(face["box"]) == 4 and face["emotion"] in data.CLASSES
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+    annotated = np.asarray(Image.open(tmp_path / "ann" / "group.png").convert("RGB")).astype(int)
+    original = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    x, y, w, h = result["faces"][0]["box"]
+    assert annotated.shape == original.shape
+    assert (annotated[y + h // 2, x] == (40, 220, 40)).all(), "no box drawn at the face's left edge"
+    text = fer_opt("predict", "--model", SHIPPED, path).stdout.splitlines()
+    assert len(text) == len(result["faces"]) and all(" face " in line and " at (" in line for line in text)
+
+
+def test_face_crops_photos_without_faces_and_bad_files(tmp_path, fer):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(fer.split("val")[0][0]).save(crop)
+    empty = tmp_path / "wall.jpg"
+    Image.fromarray(np.full((300, 400, 3), 120, np.uint8)).save(empty)
+    out = fer_opt("predict", "--model", SHIPPED, crop, empty).stdout.splitlines()
+    assert out[0].startswith(f"{crop}: ") and " at " not in out[0]
+    assert out[1] == f"{empty}: no face found"
+    [whole] = json.loads(fer_opt("predict", "--model", SHIPPED, empty, "--no-detect", "--json").stdout)["faces"]
+    assert whole["box"] == [0, 0, 400, 300]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    _one_line_error(fer_opt("predict", "--model", SHIPPED, broken, check=False), str(broken), "cannot read it as an image")
+    _one_line_error(fer_opt("predict", "--model", tmp_path / "none.onnx", crop, check=False), "no such model file")
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("which", ["shipped", "equalizing"])
+def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
+    import onnxruntime
+
+    model = SHIPPED if which == "shipped" else _model_file(tmp_path, True)
+    faces = fer.split("val")[0][:64]
+    out = tmp_path / "model.onnx"
+    fer_opt("export", "--checkpoint", model, "--onnx", out)
+    reference = Classifier(model, "cpu")
+    torch_probs = reference.probs(faces)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 7, 64):  # the batch axis is dynamic
+        onnx_probs = session.run(None, {"pixels": faces[:batch, None].astype(np.float32)})[0]
+        assert np.abs(onnx_probs - torch_probs[:batch]).max() < 1e-4
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert json.loads(meta["fer_optuna.config"])["equalize"] == reference.cfg.equalize
+    photo = tmp_path / "face.png"
+    Image.fromarray(faces[5]).save(photo)
+    assert fer_opt("predict", "--model", out, photo).stdout == fer_opt("predict", "--model", model, photo).stdout
