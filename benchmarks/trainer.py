@@ -7,7 +7,11 @@ Original-style: a torch Dataset with per-sample PIL transforms (flip, rotation
 fp32, stock nn.Dropout, on the same architecture.
 
     python benchmarks/trainer.py --device cpu --out cpu.json
+    python benchmarks/trainer.py --device cpu --precision fp32   # the fp32 path on any CPU
     python benchmarks/trainer.py --device cuda --out gpu.json
+
+The CPU figures depend on the CPU's capability (torch.backends.cpu.get_cpu_capability()):
+bf16 autocast is fast only where the CPU has avx512_bf16/AMX; the JSON records which.
 
 Prints a table and writes JSON with, per (model, batch): images_per_s,
 baseline_images_per_s, ratio and seconds_per_epoch (28,709 Training images).
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn3", "resnet18"])
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument("--steps", type=int, help="batches timed per measurement [default: 30 on CPU, a full epoch on CUDA]")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="fer-optuna's precision")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers of the baseline")
     parser.add_argument("--out", default="benchmark-trainer.json")
     args = parser.parse_args()
@@ -129,7 +134,7 @@ def main() -> None:
             steps = args.steps or (TRAIN_IMAGES // batch if device.type == "cuda" else max(4, 1920 // batch))
             if model != "cnn3" and device.type == "cpu":
                 steps = max(2, steps // 4)  # the big families are slow on 2 cores
-            cfg = TrainConfig(model=model, batch_size=batch)
+            cfg = TrainConfig(model=model, batch_size=batch, precision=args.precision)
             fast = ours(cfg, images, labels, device, steps)
             slow = baseline(cfg, images, labels, device, steps, args.workers)
             row = {"model": model, "batch_size": batch, "images_per_s": round(fast, 1),
@@ -144,7 +149,8 @@ def main() -> None:
     head = next((r for r in rows if r["model"] == "cnn3" and r["batch_size"] == headline), rows[0])
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "bf16": trainer.use_bf16("auto", device), "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+        "bf16": trainer.use_bf16(args.precision, device), "torch": torch.__version__,
         "images_per_s": head["images_per_s"], "baseline_images_per_s": head["baseline_images_per_s"],
         "ratio": head["ratio"], "rows": rows,
     }

@@ -54,6 +54,19 @@ def test_every_manifest_validates_against_the_kubernetes_schemas():
                             "Job", "Job", "Deployment", "Service", "Secret"])
 
 
+def test_the_export_pod_validates_and_runs_real_commands():
+    sub = yaml.safe_load((K8S / "export" / "kustomization.yaml").read_text())
+    assert sub["images"] == KUSTOMIZATION["images"] and sub["namespace"] == KUSTOMIZATION["namespace"]
+    [pod] = [d for d in yaml.safe_load_all((K8S / "export" / "pod.yaml").read_text()) if d]
+    kubernetes_validate.validate(pod, SCHEMA_VERSION, strict=True)
+    script = pod["spec"]["containers"][0]["args"][0]
+    export_help = fer_opt("export", "--help").stdout
+    for flag in ("-o", "--model", "--onnx"):
+        assert f" {flag} /checkpoints/" in script and flag in export_help
+    [volume] = pod["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "fer-checkpoints"
+
+
 def test_a_bad_manifest_is_refused():
     job = _by_kind_name()[("Job", "workers")]
     for change in ({"paralellism": 4}, {"parallelism": "four"}):  # a misspelt field, a wrong type
