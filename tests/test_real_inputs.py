@@ -182,6 +182,10 @@ def test_face_crops_photos_without_faces_and_bad_files(tmp_path, fer):
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
     _one_line_error(fer_opt("predict", "--model", SHIPPED, broken, check=False), str(broken), "cannot read it as an image")
     _one_line_error(fer_opt("predict", "--model", tmp_path / "none.onnx", crop, check=False), "no such model file")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_text("not a model")
+    _one_line_error(fer_opt("predict", "--model", damaged, crop, check=False), "not a readable ONNX model")
+    _one_line_error(fer_opt("export", "--checkpoint", SHIPPED, check=False), "give --onnx")
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -206,3 +210,4 @@ def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
     photo = tmp_path / "face.png"
     Image.fromarray(faces[5]).save(photo)
     assert fer_opt("predict", "--model", out, photo).stdout == fer_opt("predict", "--model", model, photo).stdout
+    _one_line_error(fer_opt("predict", "--model", out, photo, "--tta", check=False), "--tta needs the .pt checkpoint")

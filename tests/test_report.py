@@ -64,7 +64,8 @@ def test_report_is_one_page_a_browser_renders(finished_study, tmp_path, sample_c
     fer_opt("report", "--storage", url, "-o", page, "--data", sample_csv, "--top", "3")
     text = page.read_text()
     for heading in ("Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates",
-                    "Best trial", "with TTA", "Ensemble of the top 3", "data:image/png;base64"):
+                    "Best trial", "with TTA", "Ensemble of the top 3", "data:image/png;base64",
+                    "What the search bought", "original config  trial   0"):
         assert heading in text, heading
     assert "<script src=" not in text, "the page must be self-contained"
     shot = tmp_path / "report.png"
