@@ -1,0 +1,71 @@
+"""Accuracy on both editions of PublicTest (original pixels, and the contrast-processed copy), plain and
+with TTA, for saved models or for the original's default cnn3 config trained with equalisation on and off.
+
+    python benchmarks/editions.py --models models/fer2013-best.pt runs/old.pt
+    python benchmarks/editions.py --train-cnn3 --epochs 25        # trains twice: equalize true, false
+
+Every figure comes from one run and names the CPU capability it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fer_optuna import data, trainer  # noqa: E402
+from fer_optuna.config import TrainConfig  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def scores(model_file: Path, editions: dict, device: torch.device) -> dict:
+    model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_file), device)
+    bf16 = trainer.use_bf16(cfg.precision, device)
+    row = {"model": str(model_file), "equalize": cfg.equalize}
+    for name, (images, labels) in editions.items():
+        split = trainer.to_device(images, labels, device, equalize=cfg.equalize)
+        for tta in (False, True):
+            row[f"{name}{' TTA' if tta else ''}"] = round(trainer.evaluate(model, split, bf16, tta, cfg.crop)[1], 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=[], type=Path, help="checkpoints to evaluate")
+    parser.add_argument("--train-cnn3", action="store_true", help="train the default cnn3 config with equalize on and off")
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--data", default=str(SHARED / "fer2013.npz.xz"))
+    parser.add_argument("--processed", default=str(SHARED / "fer2013-processed-publictest.npz.xz"))
+    parser.add_argument("--out", default="benchmark-editions.json")
+    args = parser.parse_args()
+
+    device = trainer.resolve_device("auto")
+    original = data.load(args.data)
+    editions = {"original": original.split("val"), "processed": data.load(args.processed).split("val")}
+    models = list(args.models)
+    trained = {}
+    for equalize in ((True, False) if args.train_cnn3 else ()):
+        path = Path(f"runs/cnn3-default-equalize-{str(equalize).lower()}.pt")
+        result = trainer.train(TrainConfig(epochs=args.epochs, equalize=equalize), original, device=device,
+                               checkpoint=path, progress=False, log=None)
+        trained[str(path)] = {"epochs": args.epochs, "seconds_per_epoch": round(result.seconds / result.epochs_run, 1)}
+        models.append(path)
+    rows = [scores(m, editions, device) | trained.get(str(m), {}) for m in models]
+    head = ["original", "original TTA", "processed", "processed TTA"]
+    for row in rows:
+        print(f"{row['model']:<45} equalize {str(row['equalize']):<5} " + "  ".join(f"{h} {row[h]:.4f}" for h in head))
+    meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
+            "date": time.strftime("%Y-%m-%d")}
+    Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out} ({meta['cpu_capability']})")
+
+
+if __name__ == "__main__":
+    main()
