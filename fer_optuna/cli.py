@@ -212,7 +212,8 @@ def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device) -
             click.echo(f"{path}: no face found")
         for i, (face, p) in enumerate(zip(found, probs), 1):
             ranked = "  ".join(f"{CLASSES[k]} {p[k]:.2f}" for k in np.argsort(-p)[:3])
-            where = "" if len(found) == 1 and face.box[:2] == (0, 0) else f" face {i} at {face.box}"
+            whole = face.box == (0, 0, rgb.shape[1], rgb.shape[0])
+            where = "" if whole else f" face {i} at {face.box}"
             click.echo(f"{path}:{where} {CLASSES[int(p.argmax())]}  ({ranked})")
     if annotate_dir:
         click.echo(f"annotated images: {annotate_dir}", err=True)
