@@ -149,6 +149,15 @@ def test_every_box_is_one_face(group_photo):
         hit.append(face)
     assert len(set(hit)) == len(hit), "a face got two boxes"
     assert len(hit) >= 6, f"found {len(hit)} of {len(corners)} faces"
+    # A 40-megapixel version of the same photo: the same faces, boxes in its own pixels.
+    import cv2
+
+    photo = np.asarray(Image.open(path).convert("RGB"))
+    big = cv2.resize(photo, (photo.shape[1] * 8, photo.shape[0] * 8), interpolation=cv2.INTER_NEAREST)
+    big_boxes = [f.box for f in find_faces(big)]
+    assert len(big_boxes) == len(boxes)
+    for small, large in zip(sorted(boxes), sorted(big_boxes)):
+        assert all(abs(8 * a - b) <= 8 * max(small[2:]) * 0.15 for a, b in zip(small, large)), (small, large)
 
 
 def test_predict_boxes_labels_and_annotates(tmp_path, group_photo):

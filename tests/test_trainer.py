@@ -194,10 +194,13 @@ def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
     path = ROOT / "models" / "fer2013-best.pt"
     assert path.stat().st_size < 16 * 2**20
     ckpt = trainer.read_checkpoint(path)
-    origin = ckpt["meta"]["provenance"]  # where it came from: a study file's trial, selected on val
-    assert origin["study_file"] == "studies/fer2013-vgg-cpu.yaml" and origin["trial"] == 0
-    assert origin["val_accuracy"] == pytest.approx(ckpt["meta"]["val_accuracy"], abs=1e-6) and origin["val_accuracy"] > 0.6
-    assert (ROOT / origin["study_file"]).read_text() == ckpt["meta"]["study_file_text"]
+    origin = ckpt["meta"]["provenance"]  # where it came from: its recipe, selected on val of the original pixels
+    assert origin["recipe"] == "models/fer2013-best.yaml" and "62aec8b" in origin["init"]
+    assert origin["val_accuracy"] == pytest.approx(ckpt["meta"]["val_accuracy"], abs=1e-6) and origin["val_accuracy"] > 0.63
+    recipe = ROOT / origin["recipe"]
+    assert recipe.read_text() == ckpt["meta"]["recipe_text"]
+    assert load_config(recipe).to_dict() == {**ckpt["config"], "provenance": {}}, "the recipe is what trained it"
+    assert ckpt["config"]["equalize"] is True
     face = tmp_path / "face.jpg"
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(face)
     [pred] = json.loads(fer_opt("predict", "--model", path, face, "--json", "--no-detect").stdout)["faces"]
