@@ -88,7 +88,7 @@ def test_export_requires_a_complete_trial(tmp_path, sample_csv):
     assert proc.returncode == 2 and "no complete trial yet" in proc.stderr
 
 
-PROXY = TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0}", """train: {model: cnn3, epochs: 4, seed: 0, train_subset: 200, val_subset: 100}
+PROXY = TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0, equalize: false}", """train: {model: cnn3, epochs: 4, seed: 0, equalize: false, train_subset: 200, val_subset: 100}
 final: {train_subset: 0, val_subset: 0, epochs: 20, scheduler: cosine}""")
 
 

@@ -234,8 +234,8 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
     spec = tmp_path / "tiny.yaml"  # a proxy of 200 images; the final fit takes them all, for 2 epochs
-    spec.write_text(TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0}", (
-        "train: {model: cnn3, epochs: 3, seed: 0, train_subset: 200}\nfinal: {train_subset: 0, epochs: 2}")))
+    spec.write_text(TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0, equalize: false}", (
+        "train: {model: cnn3, epochs: 3, seed: 0, equalize: false, train_subset: 200}\nfinal: {train_subset: 0, epochs: 2}")))
     out = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
                   "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
     assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
