@@ -1,7 +1,9 @@
 """The main job in one call: create the study, run workers, export the best config, train it.
 
 On a machine with GPUs it runs the full fer2013-cnn3 study with workers on every
-GPU; on a CPU-only machine it runs studies/quick.yaml, which finishes in minutes.
+GPU; on a CPU-only machine it runs studies/quick.yaml, which searches on a proxy and then
+fits the best configuration on all the data (its final: section), in about 22 minutes on
+two AVX2 cores.
 """
 
 from __future__ import annotations
