@@ -1,35 +1,66 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (< 8 minutes on one GPU), results under OUT_DIR:
-#   the CUDA tests, the trainer benchmark (cnn3 and resnet18 vs the original-style
-#   pipeline), the study benchmark with 1/2/4 workers on one GPU, and a short real
-#   study of fer2013-sota on the full data with the auto number of workers.
-# On the device machine (torch is there, optuna is not: carry wheels in .whl/ and the
-# data in .data/, see .library/device/README.md):
-#   bash benchmarks/gpu_check.sh $OUT .data/fer2013.npz.xz
+# Every GPU check in one run, most important first (about 7 minutes on one H200, 9 with --train):
+#   the CUDA tests; the trainer benchmark (cnn3 at batch 64/128/256, vgg and resnet18 at 128,
+#   against the original-style pipeline); where a cnn3 step's time goes (torch.profiler);
+#   fer2013-cnn3.yaml (8 trials of 10 epochs) with 1, 2 and 4 workers on the GPU;
+#   torch.compile with CUDA graphs on cnn3. With --train, also the shipped model's recipe
+#   (models/fer2013-best.yaml, VGG at full width, 60 epochs), which comes back to be scored
+#   on both editions of PublicTest here: python benchmarks/editions.py --models vgg-gpu.pt
+# On the device machine (torch is there, optuna is not): first, here,
+#   bash benchmarks/gpu_wheels.sh     # wheels in .whl/, data in .data/; then move models/*.pt aside
+# then one device call that carries .whl and .data and runs
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+#   bash benchmarks/gpu_check.sh $OUT .data/fer2013.npz.xz [--train]
+# Results come back as OUT_DIR/log.txt, OUT_DIR/results.tgz (one JSON or text file per check,
+# re-packed after every step, so a run cut short keeps what it measured) and, with --train,
+# the model in 15 MB parts (OUT_DIR/vgg-gpu.pt.00 ...; join them with cat).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR=${1:?usage: gpu_check.sh OUT_DIR DATA}
-DATA=${2:?usage: gpu_check.sh OUT_DIR DATA}
-# Only small results go to OUT_DIR (the device returns at most 8 files); the data cache,
-# the study database and the checkpoints stay in WORK.
+OUT_DIR=${1:?usage: gpu_check.sh OUT_DIR DATA [--train]}
+DATA=${2:?usage: gpu_check.sh OUT_DIR DATA [--train]}
+TRAIN=${3:-}
 WORK=${WORK:-/tmp/fer-gpu-check}
-mkdir -p "$OUT_DIR" "$WORK"
+RES=$WORK/results
+mkdir -p "$OUT_DIR" "$RES"
 export PYTHONUNBUFFERED=1 FER_OPT_CACHE="$WORK/cache" FER_SHARED_DATA="$(dirname "$DATA")"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-step() { echo "== $(date +%T) $*"; }
+exec > >(tee -a "$OUT_DIR/log.txt") 2>&1
+step() { tar -czf "$OUT_DIR/results.tgz" -C "$RES" . ; echo "== $(date +%T) $*"; }
 
-step "device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
-step "CUDA tests"; timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -5 | tee "$OUT_DIR/cuda-tests.txt"
-step "trainer benchmark"
-timeout 150 $PY benchmarks/trainer.py --device cuda --data "$DATA" --out "$OUT_DIR/trainer-gpu.json" --workers 8
-step "study benchmark (quick.yaml, 1/2/4 workers on GPU 0)"
-timeout 150 $PY benchmarks/study.py --device 0 --workers 1 2 4 --data "$DATA" --out "$OUT_DIR/study-gpu.json"
-step "short real study: fer2013-sota, 150 s, auto workers per GPU"
-URL="sqlite:///$WORK/sota.db"
-$PY -m fer_optuna.cli create-study --config studies/fer2013-sota.yaml --storage "$URL" --data "$DATA"
-timeout 200 $PY -m fer_optuna.cli worker --storage "$URL" --gpu 0 --per-gpu auto --timeout 120 \
-  --checkpoint-dir "$WORK/ckpt" > "$OUT_DIR/sota-workers.log" 2>&1
-$PY -m fer_optuna.cli status --storage "$URL" --json > "$OUT_DIR/sota-status.json"
-$PY -m fer_optuna.cli status --storage "$URL"
-step "done"; ls -la "$OUT_DIR"
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())" | tee -a "$RES/gpu.txt"
+
+step "CUDA tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15 | tee "$RES/cuda-tests.txt"
+
+step "trainer benchmark: cnn3 (full epochs, timed after a warm-up epoch)"
+timeout 120 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models cnn3 --batches 64 128 256 --workers 8 \
+  --out "$RES/trainer-gpu.json"
+step "trainer benchmark: vgg and resnet18 at batch 128"
+timeout 90 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models vgg resnet18 --batches 128 --workers 8 \
+  --out "$RES/trainer-gpu-big.json"
+
+step "where a cnn3 training step's time goes (batch 128)"
+timeout 60 $PY benchmarks/step_profile.py --device cuda --model cnn3 --batch-size 128 --out "$RES/step-profile.json"
+
+step "study benchmark: fer2013-cnn3.yaml, 8 trials of 10 epochs, 1/2/4 workers on GPU 0"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$RES/gpu-utilisation.csv" &
+SMI=$!
+timeout 330 $PY benchmarks/study.py --device 0 --workers 1 2 4 --study-file studies/fer2013-cnn3.yaml --trials 8 --epochs 10 \
+  --data "$DATA" --out "$RES/study-gpu.json"
+kill $SMI
+
+step "torch.compile with CUDA graphs on cnn3 at batch 128 (launch overhead)"
+timeout 90 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models cnn3 --batches 128 --workers 8 \
+  --compile reduce-overhead --out "$RES/trainer-gpu-cudagraphs.json"
+
+if [ "$TRAIN" = --train ]; then
+  step "the shipped model's recipe: models/fer2013-best.yaml on the full Training set"
+  timeout 200 $PY -m fer_optuna.cli train --config models/fer2013-best.yaml --data "$DATA" --device cuda \
+    --out "$WORK/vgg-gpu.pt" 2>&1 | tee "$RES/vgg-gpu-train.log"
+  [ -f "$WORK/vgg-gpu.pt" ] && split -b 15M -d "$WORK/vgg-gpu.pt" "$OUT_DIR/vgg-gpu.pt."
+fi
+
+step "done"; ls -la "$OUT_DIR" "$RES"

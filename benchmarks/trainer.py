@@ -54,11 +54,14 @@ def images_per_s(run_epoch, n: int, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, steps: int) -> float:
-    """Images/s of trainer.train_epoch over `steps` batches, after one warm-up epoch."""
+def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, steps: int,
+         compile_mode: str = "none") -> float:
+    """Images/s of trainer.train_epoch over `steps` batches, after one warm-up epoch (which also compiles)."""
     n = steps * cfg.batch_size
     split = trainer.to_device(images[:n], labels[:n], device)
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
+    if compile_mode != "none":
+        model = torch.compile(model, mode=compile_mode)
     opt = trainer.make_optimizer(cfg, model, device)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator(device).manual_seed(0)
@@ -122,6 +125,8 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument("--steps", type=int, help="batches timed per measurement [default: 30 on CPU, a full epoch on CUDA]")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="fer-optuna's precision")
+    parser.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="also time fer-optuna with torch.compile in this mode (reduce-overhead adds CUDA graphs)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers of the baseline")
     parser.add_argument("--out", default="benchmark-trainer.json")
     args = parser.parse_args()
@@ -141,16 +146,21 @@ def main() -> None:
                    "baseline_images_per_s": round(slow, 1), "ratio": round(fast / slow, 2),
                    "seconds_per_epoch": round(TRAIN_IMAGES / fast, 2),
                    "baseline_seconds_per_epoch": round(TRAIN_IMAGES / slow, 2), "timed_images": steps * batch}
+            compiled = ""
+            if args.compile != "none":
+                row["compiled_images_per_s"] = round(ours(cfg, images, labels, device, steps, args.compile), 1)
+                row["compile_gain"] = round(row["compiled_images_per_s"] / fast, 2)
+                compiled = f"  torch.compile({args.compile}) {row['compiled_images_per_s']:.0f} img/s ({row['compile_gain']:.2f}x)"
             rows.append(row)
             print(f"{model:<9} batch {batch:>4}: {fast:>9.0f} img/s ({row['seconds_per_epoch']:.2f} s/epoch)  "
-                  f"original-style {slow:>8.0f} img/s  ratio {row['ratio']:.2f}x", flush=True)
+                  f"original-style {slow:>8.0f} img/s  ratio {row['ratio']:.2f}x{compiled}", flush=True)
     # The headline: cnn3 at the original's batch 64 on CPU, at 128 on a GPU (the issue's targets).
     headline = 128 if device.type == "cuda" else 64
     head = next((r for r in rows if r["model"] == "cnn3" and r["batch_size"] == headline), rows[0])
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-        "bf16": trainer.use_bf16(args.precision, device), "torch": torch.__version__,
+        "bf16": trainer.use_bf16(args.precision, device), "torch": torch.__version__, "compile": args.compile,
         "images_per_s": head["images_per_s"], "baseline_images_per_s": head["baseline_images_per_s"],
         "ratio": head["ratio"], "rows": rows,
     }

@@ -255,7 +255,7 @@ def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> Non
 @click.option("--study", "study_name", help="Study name [default: the storage's only study].")
 @STORAGE_OPTION
 @click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all (every GPU; CPU if none).")
-@click.option("--per-gpu", default="1", help="Worker processes per device, or auto (1 on CPU, 2 per GPU).")
+@click.option("--per-gpu", default="1", help="Worker processes per device, or auto (1 on CPU; 4 per GPU, fewer if the host has under 4 cores per GPU).")
 @click.option("--n-trials", type=int, help="Stop after this many trials of this worker [default: the study's budget].")
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
 @click.option("--data", envvar="FER_OPT_DATA", help="This machine's copy of the data [default: the path stored with the study] [env FER_OPT_DATA]")

@@ -192,11 +192,12 @@ def test_a_state_file_of_another_config_is_ignored(tmp_path):
 
 def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
     path = ROOT / "models" / "fer2013-best.pt"
-    assert path.stat().st_size < 16 * 2**20
+    # A full-width VGG in fp32; the device returns files in 15 MB parts (benchmarks/gpu_check.sh --train).
+    assert path.stat().st_size < 40 * 2**20
     ckpt = trainer.read_checkpoint(path)
     origin = ckpt["meta"]["provenance"]  # where it came from: its recipe, selected on val of the original pixels
-    assert origin["recipe"] == "models/fer2013-best.yaml" and "62aec8b" in origin["init"]
-    assert origin["val_accuracy"] == pytest.approx(ckpt["meta"]["val_accuracy"], abs=1e-6) and origin["val_accuracy"] > 0.63
+    assert origin["recipe"] == "models/fer2013-best.yaml" and "fer2013-sota.yaml" in origin["study"]
+    assert origin["val_accuracy"] == pytest.approx(ckpt["meta"]["val_accuracy"], abs=1e-6) and origin["val_accuracy"] > 0.66
     recipe = ROOT / origin["recipe"]
     assert recipe.read_text() == ckpt["meta"]["recipe_text"]
     assert load_config(recipe).to_dict() == {**ckpt["config"], "provenance": {}}, "the recipe is what trained it"

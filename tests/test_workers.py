@@ -174,6 +174,15 @@ def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 8
 
 
+def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
+    from fer_optuna.worker import auto_per_device
+
+    assert auto_per_device(["cpu"], cores=16) == 1
+    assert auto_per_device(["0"], cores=16) == 4  # the best of 1/2/4 measured on an H200
+    assert auto_per_device(["0", "1"], cores=6) == 3
+    assert auto_per_device(["0", "1", "2", "3"], cores=2) == 1
+
+
 def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
     spec = tmp_path / "two.yaml"
     spec.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 2"))
