@@ -5,7 +5,7 @@ file, and runs `fer-opt worker --gpu DEVICE --per-gpu N` until the study's trial
 budget is spent. CPU workers split the cores between them.
 
     python benchmarks/study.py --device cpu --workers 1 2 --out study-cpu.json
-    python benchmarks/study.py --device 0 --workers 1 2 4 --study-file studies/fer2013-cnn3.yaml --trials 8 --out study-gpu.json
+    python benchmarks/study.py --device 0 --workers 1 2 4 --study-file studies/fer2013-cnn3.yaml --trials 8 --epochs 10 --out study-gpu.json
     python benchmarks/study.py --device cpu --workers 1 --pruner hyperband   # against the file's median pruner
 
 Prints and writes, per worker count: wall seconds, trials complete/pruned,
