@@ -17,21 +17,36 @@ N_CLASSES = 7
 class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn as random bytes.
 
-    On CPU, `bernoulli_` costs a quarter of a cnn3 training step; uint8 draws are
-    4x cheaper. p is rounded to 1/256; the kept values are rescaled by the exact
-    keep rate, so the expectation is unchanged. CUDA uses the fused kernel.
+    On CPU, `bernoulli_` costs a quarter of a cnn3 training step. The mask here is
+    the bytes of uniform 64-bit integers: one generator call per 8 values, 13x cheaper.
+    p is rounded to 1/256; the kept values are rescaled by the exact keep rate, so
+    the expectation is unchanged. CUDA uses the fused kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
         cut = round(self.p * 256)
-        keep = torch.randint(0, 256, x.shape, dtype=torch.uint8) >= cut
-        return x * keep / (1 - cut / 256)
+        n = x.numel()
+        words = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= cut
+        # The scale goes into the mask, which needs no gradient: one multiply forward, one back.
+        return x * keep.to(x.dtype).mul_(256 / (256 - cut))
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _conv_bn_pool(cin: int, cout: int) -> list[nn.Module]:
+    """conv-BN-ReLU-maxpool, run as conv-BN-maxpool-ReLU.
+
+    The two orders give the same outputs and gradients (max and ReLU commute), but
+    ReLU and its backward then touch a quarter of the values: 10% of a cnn3 step on CPU.
+    The modules keep their indices, so checkpoints of either order load.
+    """
+    conv, bn, relu = _conv_bn(cin, cout)
+    return [conv, bn, nn.MaxPool2d(2), relu]
 
 
 def _head(features: int, hidden_dim: int, dropout: float) -> nn.Sequential:
@@ -52,7 +67,7 @@ def mlp(dropout: float, hidden_dim: int, width: float) -> nn.Module:
 def cnn_small(dropout: float, hidden_dim: int, width: float) -> nn.Module:
     """Experiment 2: two conv-BN-ReLU-maxpool blocks (32, 64 channels), dropout, a small FC head."""
     return nn.Sequential(
-        *_conv_bn(1, 32), nn.MaxPool2d(2), *_conv_bn(32, 64), nn.MaxPool2d(2), Dropout(dropout),
+        *_conv_bn_pool(1, 32), *_conv_bn_pool(32, 64), Dropout(dropout),
         nn.Flatten(), nn.Linear(64 * 12 * 12, hidden_dim), nn.ReLU(inplace=True), Dropout(dropout),
         nn.Linear(hidden_dim, N_CLASSES),
     )
@@ -62,7 +77,7 @@ def cnn3(dropout: float, hidden_dim: int, width: float) -> nn.Module:
     """Experiment 3: three conv-BN-ReLU-maxpool-dropout blocks (32/64/128), FC -> hidden -> 7."""
     blocks: list[nn.Module] = []
     for cin, cout in ((1, 32), (32, 64), (64, 128)):
-        blocks += [*_conv_bn(cin, cout), nn.MaxPool2d(2), Dropout(dropout)]
+        blocks += [*_conv_bn_pool(cin, cout), Dropout(dropout)]
     return nn.Sequential(
         *blocks, nn.Flatten(), nn.Linear(128 * 6 * 6, hidden_dim), nn.ReLU(inplace=True),
         Dropout(dropout), nn.Linear(hidden_dim, N_CLASSES),
@@ -75,7 +90,7 @@ def vgg(dropout: float, hidden_dim: int, width: float) -> nn.Module:
     layers: list[nn.Module] = []
     cin = 1
     for c in widths:
-        layers += [*_conv_bn(cin, c), *_conv_bn(c, c), nn.MaxPool2d(2)]
+        layers += [*_conv_bn(cin, c), *_conv_bn_pool(c, c)]
         cin = c
     return nn.Sequential(*layers, _head(cin * 3 * 3, hidden_dim, dropout))
 

@@ -30,6 +30,34 @@ def test_cpu_dropout_keeps_the_expectation():
     y = drop(x)
     assert abs(y.mean().item() - 1) < 0.01
     assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert not torch.equal(drop(x) == 0, y == 0), "a new mask each call"
+    odd = torch.ones(3, 5, 7)  # not a whole number of 8-byte words
+    assert drop(odd).shape == odd.shape
+    assert torch.equal(drop.eval()(odd), odd)
+
+
+@pytest.mark.parametrize("name", ["cnn_small", "cnn3", "vgg"])
+def test_pooling_before_relu_gives_the_original_order_values_and_gradients(name):
+    torch.manual_seed(0)
+    fast = build_model(name, 0.0, 32, 0.25).double()
+    layers = list(fast)  # the same modules, ReLU moved back in front of each max-pool
+    swapped = 0
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+            swapped += 1
+    assert swapped >= 2
+    reference = nn.Sequential(*layers)
+    x = torch.randn(4, 1, 48, 48, dtype=torch.double)
+    grads = []
+    for model in (fast, reference):
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        grads[-1].append(out.detach())
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_augment_is_batched_seeded_and_normalised():
