@@ -4,7 +4,8 @@
 #   against the original-style pipeline); where a cnn3 step's time goes (torch.profiler);
 #   fer2013-cnn3.yaml (8 trials of 10 epochs) with 1, 2 and 4 workers on the GPU;
 #   torch.compile with CUDA graphs on cnn3. With --train, also the shipped model's recipe
-#   (models/fer2013-best.yaml, VGG at full width, 60 epochs), which comes back to be scored
+#   (models/fer2013-best.yaml, VGG at full width, 60 epochs, then models/fer2013-best-editions.yaml,
+#   2 epochs with degraded copies), which comes back to be scored
 #   on both editions of PublicTest here: python benchmarks/editions.py --models vgg-gpu.pt
 # On the device machine (torch is there, optuna is not): first, here,
 #   bash benchmarks/gpu_wheels.sh     # wheels in .whl/, data in .data/; then move models/*.pt aside
@@ -57,9 +58,12 @@ timeout 90 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models cnn3 
   --compile reduce-overhead --out "$RES/trainer-gpu-cudagraphs.json"
 
 if [ "$TRAIN" = --train ]; then
-  step "the shipped model's recipe: models/fer2013-best.yaml on the full Training set"
+  step "the shipped model's recipe, stage 1: models/fer2013-best.yaml on the full Training set"
   timeout 200 $PY -m fer_optuna.cli train --config models/fer2013-best.yaml --data "$DATA" --device cuda \
-    --out "$WORK/vgg-gpu.pt" 2>&1 | tee "$RES/vgg-gpu-train.log"
+    --out runs/fer2013-best-stage1.pt 2>&1 | tee "$RES/vgg-gpu-train.log"
+  step "stage 2: models/fer2013-best-editions.yaml (fine-tuned with degraded copies)"
+  timeout 100 $PY -m fer_optuna.cli train --config models/fer2013-best-editions.yaml --data "$DATA" --device cuda \
+    --out "$WORK/vgg-gpu.pt" 2>&1 | tee "$RES/vgg-gpu-editions.log"
   [ -f "$WORK/vgg-gpu.pt" ] && split -b 15M -d "$WORK/vgg-gpu.pt" "$OUT_DIR/vgg-gpu.pt."
 fi
 

@@ -47,6 +47,9 @@ class TrainConfig:
     shift: float = 0.0  # fraction of the side, uniform in [-shift, shift]
     crop: int = 48  # random crop side in pixels, resized back to 48
     erasing: float = 0.0  # probability of random erasing per image
+    # Probability of showing a train image as its degraded copy (augment.degraded_copies):
+    # what other editions of FER2013 did to the faces (contrast stretched and saturated, JPEG).
+    degrade: float = 0.0
     mixup: float = 0.0  # Beta(a, a) parameter; 0 turns mixup off
     cutmix: float = 0.0  # Beta(a, a) parameter; 0 turns CutMix off
     ema: float = 0.0  # decay of an exponential moving average of weights; 0 = off
@@ -78,6 +81,7 @@ class TrainConfig:
             (self.class_weights in CLASS_WEIGHTS, "class_weights", f"one of {', '.join(CLASS_WEIGHTS)}"),
             (16 <= self.crop <= 48, "crop", "between 16 and 48 pixels"),
             (0 <= self.erasing <= 1, "erasing", "a probability in [0, 1]"),
+            (0 <= self.degrade <= 1, "degrade", "a probability in [0, 1]"),
             (0 <= self.ema < 1, "ema", "in [0, 1)"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]

@@ -100,6 +100,7 @@ def _cpu_has_bf16() -> bool:
 class DeviceSplit:
     images: torch.Tensor  # uint8 (N, 1, 48, 48)
     labels: torch.Tensor  # int64 (N,)
+    degraded: torch.Tensor | None = None  # uint8 (N, 1, 48, 48): augment.degraded_copies of images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,11 +115,12 @@ def pixels(images: np.ndarray, device: torch.device, equalize: bool = False) -> 
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
-              equalize: bool = False) -> DeviceSplit:
+              equalize: bool = False, degraded: bool = False) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
-    return DeviceSplit(pixels(images, device, equalize), torch.from_numpy(labels).to(device))
+    copies = pixels(augment.degraded_copies(images, seed), device, equalize) if degraded else None
+    return DeviceSplit(pixels(images, device, equalize), torch.from_numpy(labels).to(device), copies)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -212,7 +214,10 @@ def train_epoch(model, opt, sched_per_step, loss_fn, train: DeviceSplit, cfg: Tr
     correct = torch.zeros((), device=dev, dtype=torch.long)
     seen = 0
     for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen, dev)):
-        x = augment.augment(train.images[idx], cfg, gen)
+        x_u8 = train.images[idx]
+        if train.degraded is not None:
+            x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, gen)
+        x = augment.augment(x_u8, cfg, gen)
         y = train.labels[idx]
         y2, lam = y, 1.0
         use_mix = (cfg.mixup > 0 or cfg.cutmix > 0) and rng.random() < 0.5
@@ -418,7 +423,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     rng = np.random.default_rng(cfg.seed)
     bf16 = use_bf16(cfg.precision, device)
     data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
-    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.equalize)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.equalize, cfg.degrade > 0)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.equalize)
 
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)

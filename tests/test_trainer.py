@@ -73,6 +73,22 @@ def test_augment_is_batched_seeded_and_normalised():
     assert mirrored.shape == (2, 3, 1, 48, 48) and torch.equal(mirrored[1], mirrored[0].flip(-1))
 
 
+def test_degraded_copies_saturate_and_compress_like_the_processed_edition(sample_csv):
+    images, _ = data.load(sample_csv).split("train")
+    copies = augment.degraded_copies(images, seed=0)
+    assert copies.shape == images.shape and copies.dtype == np.uint8
+    assert np.array_equal(copies, augment.degraded_copies(images, seed=0)), "seeded"
+    # The processed edition: about 7% of pixels at 255 and std 78, against about 1% and 65 here.
+    assert (images == 255).mean() < 0.02 and 0.04 < (copies == 255).mean() < 0.15
+    assert 70 < copies.std() < 85 and images.std() < 70
+    x, d = torch.from_numpy(images[:64, None]), torch.from_numpy(copies[:64, None])
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(augment.pick_degraded(x, d, 0.0, gen), x) and torch.equal(augment.pick_degraded(x, d, 1.0, gen), d)
+    mixed = augment.pick_degraded(x, d, 0.5, gen)
+    from_copy = (mixed == d).flatten(1).all(1) & ~(mixed == x).flatten(1).all(1)
+    assert 10 < from_copy.sum() < 54, "about half the batch, each image whole from one or the other"
+
+
 def test_flip_only_flips():
     x = torch.arange(48 * 48, dtype=torch.float32).view(1, 1, 48, 48).expand(64, 1, 48, 48).to(torch.uint8)
     out = augment.augment(x, TrainConfig(rotation=0), torch.Generator().manual_seed(1))
@@ -97,6 +113,7 @@ def test_seeded_training_is_reproducible_on_cpu():
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", scheduler="onecycle", label_smoothing=0.1, class_weights="balanced"),
     dict(optimizer="adamw", scheduler="cosine", warmup_epochs=1, mixup=0.4, cutmix=1.0, ema=0.9, erasing=0.5, crop=42, shift=0.1),
+    dict(degrade=0.5, equalize=False),
 ])
 def test_training_options_run_and_learn_something(options):
     cfg = TrainConfig(model="cnn_small", epochs=3, batch_size=16, lr=3e-3, **options)
