@@ -170,7 +170,7 @@ def main() -> None:
             row = {"model": model, "batch_size": batch, "images_per_s": round(fast, 1),
                    "baseline_images_per_s": round(slow, 1), "ratio": round(fast / slow, 2),
                    "seconds_per_epoch": round(TRAIN_IMAGES / fast, 2),
-                   "baseline_seconds_per_epoch": round(TRAIN_IMAGES / slow, 2), "timed_images": steps * batch}
+                   "baseline_seconds_per_epoch": round(TRAIN_IMAGES / slow, 2), "timed_images": n}
             compiled = ""
             if args.compile != "none":
                 row["compiled_images_per_s"] = round(compiled_speed[0], 1)
