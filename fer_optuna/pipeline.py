@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import data as fer_data
@@ -51,7 +52,7 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
         if len(devices) * per > 1:
             fer_worker.spawn(opts, devices, per)
         else:
-            fer_worker.run(opts)
+            fer_worker.run(replace(opts, seed_offset=0))
     finally:
         if dashboard is not None:
             dashboard.terminate()

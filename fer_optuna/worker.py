@@ -55,6 +55,9 @@ class WorkerOptions:
     checkpoint_dir: str | None = None
     wandb: bool = False
     threads: int | None = None
+    # Added to the sampler's seed. None: this process's id, so that workers started by hand
+    # draw different startup trials; the main job's single worker uses 0 and is repeatable.
+    seed_offset: int | None = None
 
 
 def worker_id() -> str:
@@ -205,7 +208,7 @@ def run(opts: WorkerOptions) -> int:
     device = trainer.resolve_device(opts.device)
     storage = open_storage(opts.storage, heartbeat=True)
     study, spec = load_study(opts.study, storage)
-    study.sampler = make_sampler(spec, seed_offset=os.getpid())
+    study.sampler = make_sampler(spec, seed_offset=os.getpid() if opts.seed_offset is None else opts.seed_offset)
     study.pruner = make_pruner(spec)
     data_path = opts.data or study.user_attrs.get("fer_opt.data")
     data = fer_data.load(data_path)

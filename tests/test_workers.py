@@ -257,3 +257,8 @@ def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     again = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
                     "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
     assert "study tiny resumed" in again and "budget reached" in again
+    # From a fresh storage the same command draws the same trials: a user can reproduce the main job.
+    url2 = f"sqlite:///{tmp_path}/main2.db"
+    fer_opt("run", "--data", sample_csv, "--storage", url2, "--study-file", spec, "--gpu", "cpu", "--port", "0",
+            "--out", tmp_path / "runs2", "--checkpoint-dir", tmp_path / "ckpt2")
+    assert [t.params for t in load(url).trials] == [t.params for t in load(url2).trials]
