@@ -1,6 +1,6 @@
 """Does a proxy rank configurations as the full data does? Takes the complete trials of a study run
 on the full data, trains each trial's parameters the way a proxy study file's trials are trained
-(its train: section, e.g. quick.yaml's 3,000/1,000 images and 4 epochs), and compares the orders:
+(its train: section, e.g. quick.yaml's 6,000/2,000 images and 3 epochs), and compares the orders:
 Spearman's rank correlation, and where the full data's best lands in the proxy's order.
 
     python benchmarks/proxy_ranking.py --storage sqlite:///runs/cpu-study/study.db --proxy studies/quick.yaml

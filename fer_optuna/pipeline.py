@@ -2,7 +2,7 @@
 
 On a machine with GPUs it runs the full fer2013-cnn3 study with workers on every
 GPU; on a CPU-only machine it runs studies/quick.yaml, which searches on a proxy and then
-fits the best configuration on all the data (its final: section), in 20-25 minutes on
+fits the best configuration on all the data (its final: section), in about 24 minutes on
 two AVX2 cores.
 """
 

@@ -47,6 +47,11 @@ class Param:
     log: bool = False
     step: float | None = None
 
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -144,6 +149,11 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
     for i, params in enumerate(enqueue):
         if not isinstance(params, dict) or set(params) - names:
             raise FerOptError(f"{where}: enqueue[{i}] must set only search-space parameters ({', '.join(sorted(names))})")
+        for p in space:
+            if p.name in params and not p.contains(params[p.name]):
+                bounds = list(p.choices) if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]"
+                raise FerOptError(f"{where}: enqueue[{i}]: {p.name} {params[p.name]!r} is outside the search space {bounds}; "
+                                  "widen the space or change the enqueued value")
         config_from_dict({**train.to_dict(), **params}, f"{where}: enqueue[{i}]")
     final = dict(raw.get("final") or {})
     searched = sorted(set(final) & names)

@@ -38,6 +38,10 @@ MALFORMED = {
     "unknown pruner": (BASE.replace("type: median", "type: asha"), r"pruner.type must be one of"),
     "param key": (BASE.replace("log: true}", "log: true, scale: 2}", 1), r"unknown key\(s\) scale"),
     "enqueue outside space": (BASE.replace("weight_decay: 1.0e-6}\n", "weight_decay: 1.0e-6, epochs: 9}\n"), r"enqueue\[0\] must set only"),
+    "enqueued value outside bounds": (BASE.replace("dropout: 0.2,", "dropout: 0.7,"),
+                                      r"enqueue\[0\]: dropout 0.7 is outside the search space \[0.1, 0.5\]"),
+    "enqueued choice not offered": (BASE.replace("hidden_dim: 64, lr", "hidden_dim: 96, lr"),
+                                    r"enqueue\[0\]: hidden_dim 96 is outside the search space \[64, 128\]"),
 }
 
 
