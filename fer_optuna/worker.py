@@ -78,7 +78,9 @@ def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData,
                  if t.number < trial.number]
         if len(ahead) >= spec.n_trials:
             study.stop()
-            raise TrialDropped(f"study budget of {spec.n_trials} trials already taken by other workers")
+            reason = f"study budget of {spec.n_trials} trials already taken by other workers"
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialDropped(reason)
         params = suggest(trial, spec.space)
         cfg = spec.train.replace(**params)
         trial.set_user_attr("worker", worker_id())

@@ -74,7 +74,12 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     assert restarted_db == ("postgres" in request.node.callspec.id)
     assert finished == BUDGET
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    assert {t.number for t in trials if t.state == TrialState.FAIL} == killed, "only killed trials may fail"
+    # Two workers can both start a trial as the last finished trial lands: the later one is
+    # dropped, by design, as failed with that reason, before it runs anything.
+    dropped = {t.number for t in trials if "budget" in t.user_attrs.get("fail_reason", "")}
+    assert all(not trials[n].intermediate_values for n in dropped)
+    failed = {t.number for t in trials if t.state == TrialState.FAIL}
+    assert failed - dropped == killed, "only killed trials may fail"
     for number in killed:
         assert trials[number].state == TrialState.FAIL, f"killed trial {number} is {trials[number].state}"
         assert number in retried, f"killed trial {number} was not retried"
