@@ -2,6 +2,7 @@
 with TTA, for saved models or for the original's default cnn3 config trained with equalisation on and off.
 
     python benchmarks/editions.py --models models/fer2013-best.pt runs/old.pt
+    python benchmarks/editions.py --models runs/stage2.pt --smooth 0 0.5   # each model under each low-pass
     python benchmarks/editions.py --train-cnn3 --epochs 25        # trains twice: equalize true, false
 
 Every figure comes from one run and names the CPU capability it ran on.
@@ -25,12 +26,14 @@ from fer_optuna.config import TrainConfig  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def scores(model_file: Path, editions: dict, device: torch.device) -> dict:
+def scores(model_file: Path, editions: dict, device: torch.device, smooth: float | None) -> dict:
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_file), device)
+    if smooth is not None:
+        cfg = cfg.replace(smooth=smooth)
     bf16 = trainer.use_bf16(cfg.precision, device)
-    row = {"model": str(model_file), "equalize": cfg.equalize}
+    row = {"model": str(model_file), "equalize": cfg.equalize, "smooth": cfg.smooth}
     for name, (images, labels) in editions.items():
-        split = trainer.to_device(images, labels, device, equalize=cfg.equalize)
+        split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
         for tta in (False, True):
             row[f"{name}{' TTA' if tta else ''}"] = round(trainer.evaluate(model, split, bf16, tta, cfg.crop)[1], 4)
     return row
@@ -39,6 +42,8 @@ def scores(model_file: Path, editions: dict, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=[], type=Path, help="checkpoints to evaluate")
+    parser.add_argument("--smooth", nargs="*", type=float, default=[None],
+                        help="evaluate each model under each of these low-pass sigmas instead of its own")
     parser.add_argument("--train-cnn3", action="store_true", help="train the default cnn3 config with equalize on and off")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--data", default=str(SHARED / "fer2013.npz.xz"))
@@ -57,10 +62,10 @@ def main() -> None:
                                checkpoint=path, progress=False, log=None)
         trained[str(path)] = {"epochs": args.epochs, "seconds_per_epoch": round(result.seconds / result.epochs_run, 1)}
         models.append(path)
-    rows = [scores(m, editions, device) | trained.get(str(m), {}) for m in models]
+    rows = [scores(m, editions, device, s) | trained.get(str(m), {}) for m in models for s in args.smooth]
     head = ["original", "original TTA", "processed", "processed TTA"]
     for row in rows:
-        print(f"{row['model']:<45} equalize {str(row['equalize']):<5} " + "  ".join(f"{h} {row[h]:.4f}" for h in head))
+        print(f"{row['model']:<45} equalize {str(row['equalize']):<5} smooth {row['smooth']} " + "  ".join(f"{h} {row[h]:.4f}" for h in head))
     meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
             "date": time.strftime("%Y-%m-%d")}
     Path(args.out).write_text(json.dumps({**meta, "rows": rows}, indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import PixelPipeline, TrainConfig
 
 # FER2013 Training pixel statistics (0-1 scale), fixed so that checkpoints need no data.
 MEAN, STD = 0.5136, 0.3067
@@ -45,6 +45,25 @@ def equalize(x_u8: torch.Tensor) -> torch.Tensor:
     lut = ((cdf - first).double() * 255 / spread.clamp(min=1).double()).round().clamp(0, 255)
     out = torch.where(spread > 0, lut.gather(1, flat), flat.double())  # a one-valued image stays as it is
     return out.to(torch.uint8).view_as(x_u8)
+
+
+def smooth(x_u8: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian low-pass of uint8 (N, 1, H, W) with edge padding, rounded back to uint8; exports to ONNX."""
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x_u8.device)
+    g = torch.exp(-taps**2 / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).view(1, 1, 2 * radius + 1, 2 * radius + 1)
+    y = F.conv2d(F.pad(x_u8.float(), (radius,) * 4, mode="replicate"), kernel)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def pixel_pipeline(x_u8: torch.Tensor, pipeline: PixelPipeline) -> torch.Tensor:
+    if pipeline.equalize:
+        x_u8 = equalize(x_u8)
+    if pipeline.smooth:
+        x_u8 = smooth(x_u8, pipeline.smooth)
+    return x_u8
 
 
 def degraded_copies(images: np.ndarray, seed: int) -> np.ndarray:

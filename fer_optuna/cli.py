@@ -159,7 +159,7 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
     dev = trainer.resolve_device(device)
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
-    split_data = trainer.to_device(images, labels, dev, equalize=cfg.equalize)
+    split_data = trainer.to_device(images, labels, dev, pipeline=cfg.pixels)
     _, _, probs = trainer.evaluate(model, split_data, trainer.use_bf16(cfg.precision, dev), tta=tta, tta_crop=cfg.crop)
     rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
     rep |= {"split": split, "model": str(model_path), "tta": tta}
@@ -339,7 +339,7 @@ def _export_onnx(ckpt: dict, out: Path) -> None:
     from .portable import export_onnx
 
     cfg = export_onnx(ckpt, out)
-    click.echo(f"wrote {out}: {cfg.model}, equalize {cfg.equalize}, {out.stat().st_size / 2**20:.1f} MB; "
+    click.echo(f"wrote {out}: {cfg.model}, equalize {cfg.equalize}, smooth {cfg.smooth}, {out.stat().st_size / 2**20:.1f} MB; "
                f"run it with `fer-opt predict --model {out} PHOTO` or any ONNX runtime")
 
 

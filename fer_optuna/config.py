@@ -22,6 +22,14 @@ CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
+class PixelPipeline:
+    """What every image goes through before the model; the defaults are raw pixels."""
+
+    equalize: bool = False
+    smooth: float = 0.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: str = "cnn3"
     epochs: int = 25
@@ -39,8 +47,11 @@ class TrainConfig:
     class_weights: str = "none"
     # The pixel pipeline, saved in every checkpoint and applied before anything else in
     # training, evaluation, prediction and ONNX: per-image histogram equalisation makes the
-    # original FER2013 pixels and contrast-processed copies of them look alike to the model.
+    # original FER2013 pixels and contrast-processed copies of them look alike to the model;
+    # a light Gaussian low-pass after it (sigma in pixels; 0 = off) removes what equalisation
+    # cannot, the JPEG blocks and pixel noise by which the editions still differ.
     equalize: bool = True
+    smooth: float = 0.0
     # Augmentation, batched on the device (see augment.py).
     flip: bool = True
     rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
@@ -81,6 +92,7 @@ class TrainConfig:
             (self.class_weights in CLASS_WEIGHTS, "class_weights", f"one of {', '.join(CLASS_WEIGHTS)}"),
             (16 <= self.crop <= 48, "crop", "between 16 and 48 pixels"),
             (0 <= self.erasing <= 1, "erasing", "a probability in [0, 1]"),
+            (0 <= self.smooth <= 3, "smooth", "a sigma in pixels between 0 and 3"),
             (0 <= self.degrade <= 1, "degrade", "a probability in [0, 1]"),
             (0 <= self.ema < 1, "ema", "in [0, 1)"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
@@ -91,6 +103,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def pixels(self) -> "PixelPipeline":
+        return PixelPipeline(self.equalize, self.smooth)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return config_from_dict({**self.to_dict(), **changes})

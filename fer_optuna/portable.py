@@ -1,8 +1,8 @@
 """Models outside this package: ONNX export, and one classifier interface for .pt and .onnx files.
 
 The ONNX graph takes raw pixels (float32 (N, 1, 48, 48), 0-255, any batch size) and
-returns class probabilities; the model's pixel pipeline (histogram equalisation and
-normalisation) is inside it, so any ONNX runtime gets the same answers as PyTorch.
+returns class probabilities; the model's pixel pipeline (histogram equalisation, smoothing
+and normalisation) is inside it, so any ONNX runtime gets the same answers as PyTorch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import augment, trainer
-from .config import TrainConfig
+from .config import PixelPipeline, TrainConfig
 from .data import CLASSES
 from .errors import FerOptError
 
@@ -26,14 +26,12 @@ OPSET = 18
 class PixelModel(nn.Module):
     """A trained model with its pixel pipeline in front and softmax behind: pixels in, probabilities out."""
 
-    def __init__(self, model: nn.Module, equalize: bool):
+    def __init__(self, model: nn.Module, pipeline: PixelPipeline):
         super().__init__()
-        self.model, self.equalize = model, equalize
+        self.model, self.pipeline = model, pipeline
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.round().clamp(0, 255).to(torch.uint8)
-        if self.equalize:
-            x = augment.equalize(x)
+        x = augment.pixel_pipeline(pixels.round().clamp(0, 255).to(torch.uint8), self.pipeline)
         return self.model(augment.normalize(x.float() / 255.0)).float().softmax(-1)
 
 
@@ -42,7 +40,7 @@ def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
     import onnx
 
     model, cfg = trainer.model_from_checkpoint(ckpt, torch.device("cpu"))
-    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.equalize).eval()
+    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.pixels).eval()
     example = torch.randint(0, 256, (2, 1, 48, 48)).float()
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
@@ -87,6 +85,6 @@ class Classifier:
                 raise FerOptError("--tta needs the .pt checkpoint; the ONNX graph scores the image as it is")
             x = crops[:, None].astype(np.float32)
             return self.session.run(["probabilities"], {"pixels": x})[0]
-        x = trainer.pixels(crops, self.device, self.cfg.equalize)
+        x = trainer.pixels(crops, self.device, self.cfg.pixels)
         bf16 = trainer.use_bf16(self.cfg.precision, self.device)
         return trainer.predict_proba(self.model, x, bf16, tta, self.cfg.crop).cpu().numpy()

@@ -32,7 +32,7 @@ def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.
     ckpt = trainer.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = trainer.model_from_checkpoint(ckpt, device)
     images, labels = data.split("val")
-    split = trainer.to_device(images, labels, device, equalize=cfg.equalize)
+    split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
     _, acc, probs = trainer.evaluate(model, split, trainer.use_bf16(cfg.precision, device), tta, cfg.crop)
     return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment
-from .config import TrainConfig, config_from_dict
+from .config import PixelPipeline, TrainConfig, config_from_dict
 from .data import CLASSES, FerData, clean, stratified_indices
 from .errors import FerOptError
 from .models import build_model, count_parameters
@@ -106,21 +106,19 @@ class DeviceSplit:
         return len(self.labels)
 
 
-def pixels(images: np.ndarray, device: torch.device, equalize: bool = False) -> torch.Tensor:
+def pixels(images: np.ndarray, device: torch.device, pipeline: PixelPipeline = PixelPipeline()) -> torch.Tensor:
     """uint8 (N, 48, 48) on the host -> uint8 (N, 1, 48, 48) on the device, through the model's pixel pipeline."""
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
-    if equalize:
-        x = augment.equalize(x)
-    return x.contiguous(memory_format=torch.channels_last)
+    return augment.pixel_pipeline(x, pipeline).contiguous(memory_format=torch.channels_last)
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
-              equalize: bool = False, degraded: bool = False) -> DeviceSplit:
+              pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
-    copies = pixels(augment.degraded_copies(images, seed), device, equalize) if degraded else None
-    return DeviceSplit(pixels(images, device, equalize), torch.from_numpy(labels).to(device), copies)
+    copies = pixels(augment.degraded_copies(images, seed), device, pipeline) if degraded else None
+    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -338,9 +336,9 @@ def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, 
         model.load_state_dict(member["state_dict"])
         models.append(model)
         configs.append(cfg)
-    if len({c.equalize for c in configs}) > 1:
-        raise FerOptError("the ensemble's members differ in their pixel pipeline (equalize); build it from "
-                          "trials that share it")
+    if len({c.pixels for c in configs}) > 1:
+        raise FerOptError("the ensemble's members differ in their pixel pipeline (equalize, smooth); build it "
+                          "from trials that share it")
     model = models[0] if len(models) == 1 and ckpt.get("kind") != "ensemble" else SoftVote(models)
     return model.to(device, memory_format=torch.channels_last).eval(), configs[0]
 
@@ -423,8 +421,8 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     rng = np.random.default_rng(cfg.seed)
     bf16 = use_bf16(cfg.precision, device)
     data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
-    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.equalize, cfg.degrade > 0)
-    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.equalize)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0)
+    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
 
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
     if cfg.init:

@@ -1,4 +1,4 @@
-"""Chaos: 4 workers on a study of 40 tiny trials while workers are SIGKILLed and restarted
+"""Chaos: 4 workers on a study of 28 tiny trials while workers are SIGKILLed and restarted
 (and, on PostgreSQL, the server restarted). At the end: exactly the budget of finished
 trials, none left running, every killed trial failed and retried, at least one retry
 resumed from its checkpoint, and no finished trial lost."""
@@ -16,7 +16,7 @@ from fer_optuna import study as fer_study
 from test_workers import TINY, start_worker
 
 pytestmark = pytest.mark.slow
-BUDGET, WORKERS, KILLS = 40, 4, 6
+BUDGET, WORKERS, KILLS = 28, 4, 6
 
 
 def test_chaos(storage_url, tmp_path, sample_csv, request):

@@ -40,11 +40,24 @@ def test_equalize_is_opencvs_equalizehist(fer):
     assert np.array_equal(ours, np.stack([cv2.equalizeHist(i) for i in images]))
 
 
-def _model_file(tmp_path, equalize: bool, **meta) -> str:
-    cfg = TrainConfig(model="cnn_small", hidden_dim=16, equalize=equalize)
+@pytest.mark.parametrize("sigma", [0.5, 1.2])
+def test_smooth_is_opencvs_gaussian_blur(fer, sigma):
+    import cv2
+
+    images = fer.split("val")[0][:300]
+    ours = augment.smooth(torch.from_numpy(images).unsqueeze(1), sigma).squeeze(1).numpy().astype(int)
+    side = 2 * int(np.ceil(3 * sigma)) + 1
+    theirs = np.stack([np.round(cv2.GaussianBlur(i.astype(np.float32), (side, side), sigma, borderType=cv2.BORDER_REPLICATE))
+                       for i in images]).astype(int)
+    # Float sums in another order may land a pixel on the other side of .5, nothing more.
+    assert np.abs(ours - theirs).max() <= 1 and (ours != theirs).mean() < 1e-3
+
+
+def _model_file(tmp_path, equalize: bool, smooth: float = 0.0, **meta) -> str:
+    cfg = TrainConfig(model="cnn_small", hidden_dim=16, equalize=equalize, smooth=smooth)
     torch.manual_seed(0)
     model = trainer.build_model(cfg.model, cfg.dropout, cfg.hidden_dim)
-    path = tmp_path / f"eq-{equalize}.pt"
+    path = tmp_path / f"eq-{equalize}-smooth-{smooth}.pt"
     trainer.save_checkpoint(path, model.eval(), cfg, **meta)
     return path
 
@@ -62,9 +75,23 @@ def test_the_pipeline_travels_with_the_model_and_ignores_contrast(tmp_path, fer)
 def test_checkpoints_from_before_the_pipeline_feed_raw_pixels(tmp_path):
     path = _model_file(tmp_path, True)
     ckpt = trainer.read_checkpoint(path)
-    del ckpt["config"]["equalize"]
+    del ckpt["config"]["equalize"], ckpt["config"]["smooth"]
     _, cfg = trainer.model_from_checkpoint(ckpt, torch.device("cpu"))
-    assert cfg.equalize is False
+    assert cfg.equalize is False and cfg.smooth == 0
+
+
+def test_the_low_pass_is_part_of_the_pipeline_and_ensembles_must_share_it(tmp_path, fer):
+    faces = fer.split("val")[0][:16]
+    sharp, smoothed = Classifier(_model_file(tmp_path, True), "cpu"), Classifier(_model_file(tmp_path, True, 0.8), "cpu")
+    raw = Classifier(_model_file(tmp_path, False), "cpu")
+    assert smoothed.cfg.smooth == 0.8
+    # The same weights in all three, so the only difference is the pipeline in front of them.
+    blurred = augment.smooth(augment.equalize(torch.from_numpy(faces).unsqueeze(1)), 0.8).squeeze(1).numpy()
+    assert np.allclose(smoothed.probs(faces), raw.probs(blurred), atol=1e-6)
+    assert not np.allclose(smoothed.probs(faces), sharp.probs(faces), atol=1e-3)
+    members = [trainer.read_checkpoint(p) for p in (sharp.path, smoothed.path)]
+    with pytest.raises(FerOptError, match="differ in their pixel pipeline"):
+        trainer.model_from_checkpoint({"kind": "ensemble", "members": members}, torch.device("cpu"))
 
 
 def test_training_applies_the_step_and_can_start_from_a_checkpoint(tmp_path, fer):
@@ -200,11 +227,12 @@ def test_face_crops_photos_without_faces_and_bad_files(tmp_path, fer):
 # --------------------------------------------------------------------------- ONNX
 
 
-@pytest.mark.parametrize("which", ["shipped", "equalizing"])
+@pytest.mark.parametrize("which", ["shipped", "equalizing", "smoothing"])
 def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
     import onnxruntime
 
-    model = SHIPPED if which == "shipped" else _model_file(tmp_path, True)
+    model = {"shipped": SHIPPED, "equalizing": _model_file(tmp_path, True),
+             "smoothing": _model_file(tmp_path, True, 1.2)}[which]
     faces = fer.split("val")[0][:64]
     out = tmp_path / "model.onnx"
     fer_opt("export", "--checkpoint", model, "--onnx", out)
@@ -216,6 +244,7 @@ def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
         assert np.abs(onnx_probs - torch_probs[:batch]).max() < 1e-4
     meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
     assert json.loads(meta["fer_optuna.config"])["equalize"] == reference.cfg.equalize
+    assert json.loads(meta["fer_optuna.config"])["smooth"] == reference.cfg.smooth
     photo = tmp_path / "face.png"
     Image.fromarray(faces[5]).save(photo)
     assert fer_opt("predict", "--model", out, photo).stdout == fer_opt("predict", "--model", model, photo).stdout

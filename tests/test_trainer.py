@@ -114,6 +114,7 @@ def test_seeded_training_is_reproducible_on_cpu():
     dict(optimizer="sgd", scheduler="onecycle", label_smoothing=0.1, class_weights="balanced"),
     dict(optimizer="adamw", scheduler="cosine", warmup_epochs=1, mixup=0.4, cutmix=1.0, ema=0.9, erasing=0.5, crop=42, shift=0.1),
     dict(degrade=0.5, equalize=False),
+    dict(degrade=0.5, smooth=0.5),
 ])
 def test_training_options_run_and_learn_something(options):
     cfg = TrainConfig(model="cnn_small", epochs=3, batch_size=16, lr=3e-3, **options)
