@@ -5,8 +5,7 @@
 #   fer2013-cnn3.yaml (8 trials of 10 epochs) with 1, 2 and 4 workers on the GPU;
 #   torch.compile with CUDA graphs on cnn3. With --train, also the shipped model's recipe
 #   (models/fer2013-best.yaml, VGG at full width, 60 epochs, then models/fer2013-best-editions.yaml,
-#   2 epochs with degraded copies, then models/fer2013-best-smooth.yaml, 1 epoch with the
-#   low-pass in its pixel pipeline), which comes back to be scored
+#   2 epochs with degraded copies), which comes back to be scored
 #   on both editions of PublicTest here: python benchmarks/editions.py --models vgg-gpu.pt
 # On the device machine (torch is there, optuna is not): first, here,
 #   bash benchmarks/gpu_wheels.sh     # wheels in .whl/, data in .data/; then move models/*.pt aside
@@ -64,10 +63,7 @@ if [ "$TRAIN" = --train ]; then
     --out runs/fer2013-best-stage1.pt 2>&1 | tee "$RES/vgg-gpu-train.log"
   step "stage 2: models/fer2013-best-editions.yaml (fine-tuned with degraded copies)"
   timeout 100 $PY -m fer_optuna.cli train --config models/fer2013-best-editions.yaml --data "$DATA" --device cuda \
-    --out runs/fer2013-best-stage2.pt 2>&1 | tee "$RES/vgg-gpu-editions.log"
-  step "stage 3: models/fer2013-best-smooth.yaml (fine-tuned with the low-pass in its pixel pipeline)"
-  timeout 100 $PY -m fer_optuna.cli train --config models/fer2013-best-smooth.yaml --data "$DATA" --device cuda \
-    --out "$WORK/vgg-gpu.pt" 2>&1 | tee "$RES/vgg-gpu-smooth.log"
+    --out "$WORK/vgg-gpu.pt" 2>&1 | tee "$RES/vgg-gpu-editions.log"
   [ -f "$WORK/vgg-gpu.pt" ] && split -b 15M -d "$WORK/vgg-gpu.pt" "$OUT_DIR/vgg-gpu.pt."
 fi
 
