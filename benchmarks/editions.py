@@ -3,6 +3,7 @@ with TTA, for saved models or for the original's default cnn3 config trained wit
 
     python benchmarks/editions.py --models models/fer2013-best.pt runs/old.pt
     python benchmarks/editions.py --models runs/stage2.pt --smooth 0 0.5   # each model under each low-pass
+    python benchmarks/editions.py --models runs/stage2.pt --smooth 0 0.3 0.5 --no-tta   # plain only: minutes, not an hour
     python benchmarks/editions.py --train-cnn3 --epochs 25        # trains twice: equalize true, false
 
 Every figure comes from one run and names the CPU capability it ran on.
@@ -26,7 +27,7 @@ from fer_optuna.config import TrainConfig  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def scores(model_file: Path, editions: dict, device: torch.device, smooth: float | None) -> dict:
+def scores(model_file: Path, editions: dict, device: torch.device, smooth: float | None, ttas: tuple) -> dict:
     model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_file), device)
     if smooth is not None:
         cfg = cfg.replace(smooth=smooth)
@@ -34,7 +35,7 @@ def scores(model_file: Path, editions: dict, device: torch.device, smooth: float
     row = {"model": str(model_file), "equalize": cfg.equalize, "smooth": cfg.smooth}
     for name, (images, labels) in editions.items():
         split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
-        for tta in (False, True):
+        for tta in ttas:
             row[f"{name}{' TTA' if tta else ''}"] = round(trainer.evaluate(model, split, bf16, tta, cfg.crop)[1], 4)
     return row
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[], type=Path, help="checkpoints to evaluate")
     parser.add_argument("--smooth", nargs="*", type=float, default=[None],
                         help="evaluate each model under each of these low-pass sigmas instead of its own")
+    parser.add_argument("--no-tta", action="store_true", help="plain accuracy only (10-crop TTA is 10x the work)")
     parser.add_argument("--train-cnn3", action="store_true", help="train the default cnn3 config with equalize on and off")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--data", default=str(SHARED / "fer2013.npz.xz"))
@@ -62,8 +64,9 @@ def main() -> None:
                                checkpoint=path, progress=False, log=None)
         trained[str(path)] = {"epochs": args.epochs, "seconds_per_epoch": round(result.seconds / result.epochs_run, 1)}
         models.append(path)
-    rows = [scores(m, editions, device, s) | trained.get(str(m), {}) for m in models for s in args.smooth]
-    head = ["original", "original TTA", "processed", "processed TTA"]
+    ttas = (False,) if args.no_tta else (False, True)
+    rows = [scores(m, editions, device, s, ttas) | trained.get(str(m), {}) for m in models for s in args.smooth]
+    head = [f"{name}{' TTA' if tta else ''}" for name in editions for tta in ttas]
     for row in rows:
         print(f"{row['model']:<45} equalize {str(row['equalize']):<5} smooth {row['smooth']} " + "  ".join(f"{h} {row[h]:.4f}" for h in head))
     meta = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(device),
