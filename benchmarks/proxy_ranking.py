@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fer_optuna import data, study, trainer  # noqa: E402
+from fer_optuna import storage as fer_storage  # noqa: E402
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmark-proxy-ranking.json")
     args = parser.parse_args()
 
-    storage = study.open_storage(args.storage)
+    storage = fer_storage.open_storage(args.storage)
     full = optuna.load_study(study_name=args.study or study.single_study_name(storage), storage=storage)
     proxy = study.load_spec(args.proxy).train
     loaded = data.load(args.data)

@@ -44,10 +44,10 @@ def main() -> None:
     n = args.steps * args.batch_size  # synthetic faces: the step's cost does not depend on the pixels
     split = trainer.to_device(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), device)
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
-    opt = trainer.make_optimizer(cfg, model, device)
-    gen = torch.Generator(device).manual_seed(0)
     bf16 = trainer.use_bf16(cfg.precision, device)
-    epoch = lambda: trainer.train_epoch(model, opt, None, nn.CrossEntropyLoss(), split, cfg, gen, rng, bf16)  # noqa: E731
+    run = trainer.Run(model, trainer.make_optimizer(cfg, model, device), None, False, None,
+                      torch.Generator(device).manual_seed(0), rng, nn.CrossEntropyLoss(), bf16)
+    epoch = lambda: trainer.train_epoch(run, split, cfg)  # noqa: E731
     epoch()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -31,10 +31,11 @@ EPOCHS = 3
 def _worker(url: str, seconds: float, barrier) -> None:
     import optuna
 
+    from fer_optuna import storage as fer_storage
     from fer_optuna import study as fer_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = fer_study.open_storage(url, heartbeat=True)
+    storage = fer_storage.open_storage(url, heartbeat=True)
     study, spec = fer_study.load_study("bench", storage)
 
     def objective(trial: optuna.Trial) -> float:
@@ -55,6 +56,7 @@ def _worker(url: str, seconds: float, barrier) -> None:
 def measure(url: str, workers: int, seconds: float) -> dict:
     import optuna
 
+    from fer_optuna import storage as fer_storage
     from fer_optuna import study as fer_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -76,7 +78,7 @@ def measure(url: str, workers: int, seconds: float) -> dict:
     wall = time.perf_counter() - t0
     trials = optuna.load_study(study_name="bench", storage=url).get_trials(deepcopy=False)
     finished = sum(t.state.is_finished() for t in trials)
-    return {"storage": fer_study.mask_url(url).split(":")[0], "workers": workers, "seconds": round(wall, 2),
+    return {"storage": fer_storage.mask_url(url).split(":")[0], "workers": workers, "seconds": round(wall, 2),
             "trials": finished, "trials_per_s": round(finished / wall, 2),
             "failed": sum(t.state.name == "FAIL" for t in trials), "exit_codes": [p.exitcode for p in procs]}
 

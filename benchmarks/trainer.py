@@ -74,12 +74,10 @@ def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
     if compile_mode != "none":
         model = torch.compile(model, mode=compile_mode)
-    opt = trainer.make_optimizer(cfg, model, device)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator(device).manual_seed(0)
-    rng = np.random.default_rng(0)
-    bf16 = trainer.use_bf16(cfg.precision, device)
-    return lambda: trainer.train_epoch(model, opt, None, loss_fn, split, cfg, gen, rng, bf16)
+    run = trainer.Run(model, trainer.make_optimizer(cfg, model, device), None, False, None,
+                      torch.Generator(device).manual_seed(0), np.random.default_rng(0), nn.CrossEntropyLoss(),
+                      trainer.use_bf16(cfg.precision, device))
+    return lambda: trainer.train_epoch(run, split, cfg)
 
 
 class PilDataset(torch.utils.data.Dataset):

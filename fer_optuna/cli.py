@@ -10,11 +10,17 @@ import click
 
 from .errors import FerOptError
 
+DEVICE_OPTION = click.option("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N.")
+STUDY_OPTION = click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", envvar="FER_OPT_PRECISION", show_envvar=True,
+    help="Inference precision. fp32 gives the same answers on every machine and through ONNX; bf16 autocast "
+         "is faster on CPUs with AVX512-bf16 or AMX and on GPUs, and moves probabilities by up to about 0.01.")
 DATA_HELP = "FER2013: the Kaggle fer2013.csv (.gz/.xz/.zip/.tar.gz too), an image folder (train/, test/), or a .npz"
 
 
 class Group(click.Group):
-    """Turns the project's errors into one line and exit status 2, never a traceback."""
+    """Turns the project's errors into one line and exit status 2 (130/143 when stopped), never a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -22,6 +28,9 @@ class Group(click.Group):
         except FerOptError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was kept
+            click.echo("error: stopped by SIGINT", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -57,31 +66,10 @@ def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
     in val or test (drop_cross_split: true), in a config or with `train --set`.
     """
     from . import data as fer_data
+    from . import quality
 
-    loaded = fer_data.load(path, resize=resize)
-    counts = loaded.counts()
-    quality = fer_data.quality(loaded)
-    if as_json:
-        click.echo(json.dumps({"source": str(path), "classes": list(fer_data.CLASSES),
-                               "counts": {s: row.tolist() for s, row in counts.items()}, **quality,
-                               "notes": list(loaded.notes), "cache": loaded.cache_file or None}))
-        return
-    click.echo(f"{'split':<8}" + "".join(f"{c:>10}" for c in fer_data.CLASSES) + f"{'total':>10}")
-    for split, row in counts.items():
-        click.echo(f"{split:<8}" + "".join(f"{v:>10d}" for v in row) + f"{row.sum():>10d}")
-    click.echo("blank images (one value): " + ", ".join(f"{s} {n}" for s, n in quality["blank"].items()))
-    click.echo("exact duplicates: " + ", ".join(f"{s} {d['extra_copies']} extra copies in {d['groups']} groups"
-                                                for s, d in quality["duplicates"].items()))
-    for pair, d in quality["cross_split"].items():
-        later = pair.split("/")[1]
-        click.echo(f"in two splits ({pair}): {d['groups']} distinct images, {d[f'{later}_images']} of the {later} images")
-    c = quality["conflicting_labels"]
-    click.echo(f"conflicting labels: {c['groups']} groups of identical images ({c['images']} images) disagree")
-    for note in loaded.notes:
-        click.echo(f"note: {note}")
-    if "test" not in counts:
-        click.echo("note: no test split (PrivateTest) in this source; `evaluate --split test` needs one")
-    click.echo(f"cache: {loaded.cache_file or 'none (the cache folder is not writable)'}")
+    report = quality.inspect(fer_data.load(path, resize=resize))
+    click.echo(json.dumps(report) if as_json else quality.format_inspect(report))
 
 
 @main.command()
@@ -115,8 +103,9 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML training config (e.g. from `fer-opt export`); defaults if absent.")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")
-@click.option("--out", type=click.Path(path_type=Path), default="model.pt", help="Where the best checkpoint (weights + config) goes.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", type=click.Path(path_type=Path), default="model.pt",
+              help="Where the best checkpoint (weights + config) goes; OUT's stem + .state.pt keeps the run's state.")
+@DEVICE_OPTION
 @click.option("--model", help="Override the config's model.")
 @click.option("--epochs", type=int, help="Override the config's epochs.")
 @click.option("--batch-size", type=int, help="Override the config's batch_size.")
@@ -125,9 +114,13 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field; repeatable.")
 @click.option("--resize", is_flag=True, help="Resize source images that are not 48x48.")
 def train(config_path, data_path, out, device, model, epochs, batch_size, lr, seed, sets, resize) -> None:
-    """Train one model; keeps the checkpoint with the best val (PublicTest) accuracy."""
+    """Train one model; keeps the checkpoint with the best val (PublicTest) accuracy.
+
+    The run's state is saved after every epoch: stopped (Ctrl-C, SIGTERM, a crash), the same
+    command resumes after the last finished epoch. A changed config or data starts afresh.
+    """
     from . import data as fer_data
-    from . import trainer
+    from . import pipeline, trainer
     from .config import TrainConfig, load_config
 
     cfg = load_config(config_path) if config_path else TrainConfig()
@@ -138,9 +131,10 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
     for note in loaded.notes:
         click.echo(f"note: {note}")
     click.echo(f"training {cfg.model} on {dev} for {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr:g}) -> {out}")
-    result = trainer.train(cfg, loaded, device=dev, checkpoint=out)
+    result = pipeline.fit(cfg, loaded, out, dev, click.echo)
+    ran = result.epochs_run - result.resumed_at
     click.echo(f"best val accuracy {result.best_val_acc:.4f} at epoch {result.best_epoch}/{result.epochs_run} "
-               f"in {result.seconds:.0f}s ({result.seconds / result.epochs_run:.1f}s/epoch); saved {out}")
+               f"in {result.seconds:.0f}s ({result.seconds / max(ran, 1):.1f}s/epoch); saved {out}")
 
 
 @main.command()
@@ -150,25 +144,26 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also write the confusion matrix as a PNG.")
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
+@DEVICE_OPTION
+@PRECISION_OPTION
+def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
     from . import data as fer_data
-    from . import metrics, trainer
+    from . import checkpoints, metrics, trainer
 
     dev = trainer.resolve_device(device)
-    model, cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(model_path), dev)
+    model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
     split_data = trainer.to_device(images, labels, dev, pipeline=cfg.pixels)
-    _, _, probs = trainer.evaluate(model, split_data, trainer.use_bf16(cfg.precision, dev), tta=tta, tta_crop=cfg.crop)
+    _, _, probs = trainer.evaluate(model, split_data, trainer.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
     rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
-    rep |= {"split": split, "model": str(model_path), "tta": tta}
+    rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
     if plot:
         metrics.plot_confusion(rep, plot, f"{model_path.name} on {split}: accuracy {rep['accuracy']:.3f}")
     if as_json:
         click.echo(json.dumps(rep))
     else:
-        click.echo(f"{model_path} ({cfg.model}) on {split}{' with TTA' if tta else ''}")
+        click.echo(f"{model_path} ({cfg.model}) on {split}{' with TTA' if tta else ''}, {precision}")
         click.echo(metrics.format_report(rep))
         if plot:
             click.echo(f"confusion matrix plot: {plot}")
@@ -182,8 +177,9 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device) -> None:
 @click.option("--no-detect", is_flag=True, help="Classify each image whole (it already is a face crop) instead of finding faces.")
 @click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write each photo here with its faces boxed and labelled.")
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device) -> None:
+@DEVICE_OPTION
+@PRECISION_OPTION
+def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device, precision) -> None:
     """The emotion of every face in each photo: its box, emotion and class probabilities.
 
     Faces are found with OpenCV's Haar cascade and cropped with a margin; a 48x48
@@ -196,7 +192,7 @@ def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device) -
     from .data import CLASSES
     from .portable import Classifier
 
-    classifier = Classifier(model_path, device)
+    classifier = Classifier(model_path, device, precision)
     for path in images:
         rgb = fer_faces.read_photo(path)
         found = fer_faces.find_faces(rgb, detect=not no_detect)
@@ -229,8 +225,9 @@ STORAGE_OPTION = click.option(
 
 def _open_study(storage: str | None, name: str | None):
     from . import study as fer_study
+    from .storage import open_storage
 
-    store = fer_study.open_storage(storage)
+    store = open_storage(storage)
     return fer_study.load_study(name or fer_study.single_study_name(store), store)
 
 
@@ -244,15 +241,16 @@ def _open_study(storage: str | None, name: str | None):
 def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> None:
     """Create a study from a study file; workers then build everything from the storage."""
     from . import study as fer_study
+    from .storage import mask_url, storage_url
 
     created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace)
-    url = fer_study.mask_url(fer_study.storage_url(storage))
+    url = mask_url(storage_url(storage))
     verb = "created" if new else "exists, unchanged:"
     click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")
 
 
 @main.command()
-@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STUDY_OPTION
 @STORAGE_OPTION
 @click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all (every GPU; CPU if none).")
 @click.option("--per-gpu", default="1", help="Worker processes per device, or auto (1 on CPU; 4 per GPU, fewer if the host has under 4 cores per GPU).")
@@ -270,31 +268,31 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
     """
     from . import study as fer_study
     from . import worker as fer_worker
+    from .storage import open_storage
 
-    name = study_name or fer_study.single_study_name(fer_study.open_storage(storage))
+    name = study_name or fer_study.single_study_name(open_storage(storage))
     devices = fer_worker.parse_devices(gpu)
     per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
     opts = fer_worker.WorkerOptions(name, storage, devices[0], data, n_trials, timeout, checkpoint_dir, wandb, threads)
-    if len(devices) * per > 1:
-        sys.exit(fer_worker.spawn(opts, devices, per))
-    fer_worker.run(opts)
+    sys.exit(fer_worker.launch(opts, devices, per))
 
 
 @main.command()
-@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STUDY_OPTION
 @STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(study_name, storage, as_json) -> None:
     """Trials by state, the best trial, running trials and throughput."""
     from . import study as fer_study
+    from .storage import storage_url
 
     found, spec = _open_study(storage, study_name)
     info = fer_study.status(found, spec)
-    click.echo(json.dumps(info, default=str) if as_json else fer_study.format_status(info, fer_study.storage_url(storage)))
+    click.echo(json.dumps(info, default=str) if as_json else fer_study.format_status(info, storage_url(storage)))
 
 
 @main.command()
-@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STUDY_OPTION
 @STORAGE_OPTION
 @click.option("-o", "--out", type=click.Path(path_type=Path), default="best.yaml", help="Config file to write; with --top K, OUT-1.yaml ... OUT-K.yaml.")
 @click.option("--top", type=int, default=1, help="Export the K best trials.")
@@ -306,16 +304,17 @@ def status(study_name, storage, as_json) -> None:
 def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> None:
     """Write the best trial's training config, for `fer-opt train --config`, and optionally its model."""
     from . import study as fer_study
+    from .storage import storage_url
 
     if checkpoint:
         if not onnx_out:
             raise FerOptError("--checkpoint converts a model file: give --onnx OUT.onnx too")
-        from . import trainer
+        from . import checkpoints
 
-        _export_onnx(trainer.read_checkpoint(checkpoint), onnx_out)
+        _export_onnx(checkpoints.read_checkpoint(checkpoint), onnx_out)
         return
     found, spec = _open_study(storage, study_name)
-    url = fer_study.storage_url(storage)
+    url = storage_url(storage)
     paths = fer_study.export(found, spec, out, top, url)
     for path in paths:
         click.echo(f"wrote {path}")
@@ -329,10 +328,10 @@ def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> No
         if trial.number != found.best_trial.number:
             click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")
     if onnx_out:
-        from . import report, trainer
+        from . import checkpoints, report
 
         [trial] = report.best_trials(found, 1)
-        _export_onnx(trainer.read_checkpoint(trial.user_attrs["checkpoint"]), onnx_out)
+        _export_onnx(checkpoints.read_checkpoint(trial.user_attrs["checkpoint"]), onnx_out)
 
 
 def _export_onnx(ckpt: dict, out: Path) -> None:
@@ -351,52 +350,56 @@ def dashboard(storage, host, port) -> None:
     """Serve optuna-dashboard on the study storage."""
     from optuna_dashboard import run_server
 
-    from . import study as fer_study
+    from .storage import mask_url, open_storage, storage_url
 
-    store = fer_study.open_storage(storage)
+    store = open_storage(storage)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
-    click.echo(f"dashboard for {fer_study.mask_url(fer_study.storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
+    click.echo(f"dashboard for {mask_url(storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
     run_server(store, host=host, port=port)
 
 
 @main.command()
-@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STUDY_OPTION
 @STORAGE_OPTION
 @click.option("--top", type=int, default=5, help="How many of the best trials vote.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default="ensemble.pt", help="Ensemble file; evaluate and predict take it like a model.")
 @click.option("--data", help="Measure the ensemble's val accuracy on this data [default: the study's data].")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-def ensemble(study_name, storage, top, out, data, device) -> None:
+@DEVICE_OPTION
+@PRECISION_OPTION
+def ensemble(study_name, storage, top, out, data, device, precision) -> None:
     """Soft-voting ensemble of the study's K best trials (their best checkpoints)."""
     from . import data as fer_data
     from . import report, trainer
+    from .study import ATTR_DATA
 
     found, _ = _open_study(storage, study_name)
     members = report.build_ensemble(found, top, out)
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
                f"(val {', '.join(f'{t.value:.4f}' for t in members)})")
-    loaded = fer_data.load(data or found.user_attrs["fer_opt.data"])
-    acc, _ = report.val_accuracy(Path(out), loaded, trainer.resolve_device(device))
+    loaded = fer_data.load(data or found.user_attrs[ATTR_DATA])
+    acc, _ = report.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=trainer.inference_bf16(precision))
     click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].value:+.4f} over the best trial)")
 
 
 @main.command("report")
-@click.option("--study", "study_name", help="Study name [default: the storage's only study].")
+@STUDY_OPTION
 @STORAGE_OPTION
 @click.option("-o", "--out", type=click.Path(path_type=Path), default="report.html", help="The HTML page to write.")
 @click.option("--data", help="Evaluate the best trial on this data [default: the study's data]; 'none' to skip.")
 @click.option("--top", type=int, default=5, help="Ensemble size shown in the report.")
-@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-def report_cmd(study_name, storage, out, data, top, device) -> None:
+@DEVICE_OPTION
+@PRECISION_OPTION
+def report_cmd(study_name, storage, out, data, top, device, precision) -> None:
     """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
     from . import data as fer_data
     from . import report, trainer
+    from .study import ATTR_DATA
 
     found, spec = _open_study(storage, study_name)
-    source = data or found.user_attrs["fer_opt.data"]
+    source = data or found.user_attrs[ATTR_DATA]
     loaded = None if source == "none" else fer_data.load(source)
-    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top)
+    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, trainer.inference_bf16(precision))
     click.echo(f"wrote {out}")
 
 
@@ -408,14 +411,15 @@ def storage() -> None:
 @storage.command("copy")
 @click.option("--from", "from_url", required=True, help="Source storage URL, e.g. sqlite:///studies/fer2013.db.")
 @click.option("--to", "to_url", required=True, help="Target storage URL, e.g. postgresql+psycopg://user:pass@host/db.")
-@click.option("--study", "study_name", help="Study to copy [default: the source's only study].")
+@STUDY_OPTION
 @click.option("--to-name", help="Name in the target [default: the same].")
 def storage_copy(from_url, to_url, study_name, to_name) -> None:
     """Copy a study, its trials and attributes, e.g. from the SQLite file to PostgreSQL when you grow."""
     from . import study as fer_study
+    from .storage import mask_url
 
     name = fer_study.copy(from_url, to_url, study_name, to_name)
-    click.echo(f"copied study {name} to {fer_study.mask_url(to_url)}")
+    click.echo(f"copied study {name} to {mask_url(to_url)}")
 
 
 @main.command("run")

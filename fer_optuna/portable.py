@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import augment, trainer
+from . import augment, checkpoints, trainer
 from .config import PixelPipeline, TrainConfig
 from .data import CLASSES
 from .errors import FerOptError
@@ -39,7 +39,7 @@ def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
     """Write the checkpoint's model as ONNX, with its config and classes in the file's metadata."""
     import onnx
 
-    model, cfg = trainer.model_from_checkpoint(ckpt, torch.device("cpu"))
+    model, cfg = checkpoints.model_from_checkpoint(ckpt, torch.device("cpu"))
     wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.pixels).eval()
     example = torch.randint(0, 256, (2, 1, 48, 48)).float()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,10 @@ def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
 class Classifier:
     """Class probabilities for uint8 face crops (N, 48, 48), from a .pt checkpoint or an .onnx file."""
 
-    def __init__(self, path: Path, device: str = "auto"):
+    def __init__(self, path: Path, device: str = "auto", precision: str | None = None):
+        """precision: fp32 (the default, the same answers on every CPU and through ONNX) or bf16."""
         self.path = Path(path)
+        self.bf16 = trainer.inference_bf16(precision)
         self.session = None
         if self.path.suffix.lower() == ".onnx":
             import onnxruntime
@@ -76,15 +78,16 @@ class Classifier:
             self.name = "onnx"
         else:
             self.device = trainer.resolve_device(device)
-            self.model, self.cfg = trainer.model_from_checkpoint(trainer.read_checkpoint(self.path), self.device)
+            self.model, self.cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(self.path), self.device)
             self.name = self.cfg.model
 
     def probs(self, crops: np.ndarray, tta: bool = False) -> np.ndarray:
         if self.session is not None:
             if tta:
                 raise FerOptError("--tta needs the .pt checkpoint; the ONNX graph scores the image as it is")
+            if self.bf16:
+                raise FerOptError("--precision bf16 needs the .pt checkpoint; the ONNX graph runs in fp32")
             x = crops[:, None].astype(np.float32)
             return self.session.run(["probabilities"], {"pixels": x})[0]
         x = trainer.pixels(crops, self.device, self.cfg.pixels)
-        bf16 = trainer.use_bf16(self.cfg.precision, self.device)
-        return trainer.predict_proba(self.model, x, bf16, tta, self.cfg.crop).cpu().numpy()
+        return trainer.predict_proba(self.model, x, self.bf16, tta, self.cfg.crop).cpu().numpy()

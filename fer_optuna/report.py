@@ -13,7 +13,7 @@ import torch
 from optuna.trial import TrialState
 
 from . import data as fer_data
-from . import metrics, trainer
+from . import checkpoints, metrics, trainer
 from .errors import FerOptError
 from .study import StudySpec, comparison, format_comparison, provenance, study_file_text
 
@@ -28,19 +28,20 @@ def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]
     return with_ckpt[:top]
 
 
-def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.device, tta: bool = False) -> tuple[float, dict]:
-    ckpt = trainer.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
-    model, cfg = trainer.model_from_checkpoint(ckpt, device)
+def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.device, tta: bool = False,
+                 bf16: bool = False) -> tuple[float, dict]:
+    ckpt = checkpoints.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
+    model, cfg = checkpoints.model_from_checkpoint(ckpt, device)
     images, labels = data.split("val")
     split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
-    _, acc, probs = trainer.evaluate(model, split, trainer.use_bf16(cfg.precision, device), tta, cfg.crop)
+    _, acc, probs = trainer.evaluate(model, split, bf16, tta, cfg.crop)
     return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
 
 
 def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.trial.FrozenTrial]:
     trials = best_trials(study, top)
-    ckpts = [trainer.read_checkpoint(t.user_attrs["checkpoint"]) for t in trials]
-    trainer.save_ensemble(out, ckpts, study=study.study_name, trials=[t.number for t in trials],
+    ckpts = [checkpoints.read_checkpoint(t.user_attrs["checkpoint"]) for t in trials]
+    checkpoints.save_ensemble(out, ckpts, study=study.study_name, trials=[t.number for t in trials],
                           val_accuracies=[t.value for t in trials])
     return trials
 
@@ -48,13 +49,13 @@ def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.tria
 def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.FrozenTrial:
     """The best trial's best checkpoint as a model file that says where it came from."""
     best = best_trials(study, 1)[0]
-    ckpt = trainer.read_checkpoint(best.user_attrs["checkpoint"])
+    ckpt = checkpoints.read_checkpoint(best.user_attrs["checkpoint"])
     origin = provenance(study, best, url)
     ckpt["config"] = {**ckpt["config"], "provenance": origin}
     trained = {k: best.user_attrs[k] for k in ("device", "seconds", "epochs_run", "best_epoch") if k in best.user_attrs}
     ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "trained": trained,
                     "study_file_text": study_file_text(study)}
-    trainer.atomic_save(ckpt, out)
+    checkpoints.atomic_save(ckpt, out)
     return best
 
 
@@ -69,7 +70,7 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 
 def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data.FerData | None,
-                 device: torch.device, ensemble_top: int = 5) -> Path:
+                 device: torch.device, ensemble_top: int = 5, bf16: bool = False) -> Path:
     from optuna import visualization as vis
 
     trials = study.get_trials(deepcopy=False)
@@ -94,8 +95,8 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
                      _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
         ckpt = Path(best.user_attrs.get("checkpoint", ""))
         if data is not None and ckpt.is_file():
-            acc, rep = val_accuracy(ckpt, data, device)
-            tta_acc, _ = val_accuracy(ckpt, data, device, tta=True)
+            acc, rep = val_accuracy(ckpt, data, device, bf16=bf16)
+            tta_acc, _ = val_accuracy(ckpt, data, device, tta=True, bf16=bf16)
             sections += [f"<p>val accuracy {acc:.4f}; with TTA {tta_acc:.4f} ({tta_acc - acc:+.4f})</p>",
                          _table([[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
                                  for c, m in rep["per_class"].items()], ["class", "precision", "recall", "F1", "support"])]
@@ -104,9 +105,9 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
             sections.append(f'<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
             members = best_trials(study, ensemble_top)
             if len(members) > 1:
-                ens = {"format": trainer.CHECKPOINT_FORMAT, "kind": "ensemble",
-                       "members": [trainer.read_checkpoint(t.user_attrs["checkpoint"]) for t in members]}
-                ens_acc, _ = val_accuracy(ens, data, device)
+                ens = {"format": checkpoints.CHECKPOINT_FORMAT, "kind": "ensemble",
+                       "members": [checkpoints.read_checkpoint(t.user_attrs["checkpoint"]) for t in members]}
+                ens_acc, _ = val_accuracy(ens, data, device, bf16=bf16)
                 sections.append(f"<h2>Ensemble of the top {len(members)}</h2><p>soft-voting val accuracy {ens_acc:.4f}, "
                                 f"{ens_acc - acc:+.4f} over the best single model (trials "
                                 f"{', '.join(str(t.number) for t in members)})</p>")

@@ -1,4 +1,4 @@
-"""Study files, the study storage, and the study-level commands (create, status, export).
+"""Study files and the study-level commands (create, status, export, copy).
 
 A study file (`studies/*.yaml`) is data: the fixed training config, the search
 space, the sampler, the pruner and the trial budget. `create-study` stores the
@@ -8,10 +8,7 @@ same objective, sampler and pruner from the storage alone.
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import sqlite3
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,9 +21,7 @@ from optuna.trial import TrialState
 
 from .config import FIELDS, TrainConfig, config_from_dict, dump_config
 from .errors import FerOptError
-
-_log = logging.getLogger("fer_optuna.storage")
-DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
+from .storage import mask_url, open_storage, storage_url
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue"}
@@ -213,148 +208,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-# --------------------------------------------------------------------------- storage
-
-
-def storage_url(url: str | None) -> str:
-    return url or os.environ.get("FER_OPT_STORAGE") or DEFAULT_STORAGE
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and log line."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@")[-1] if "@" in url else url
-
-
-def _heartbeat_seconds() -> int:
-    return int(os.environ.get("FER_OPT_HEARTBEAT", "10"))
-
-
-def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.storages.RDBStorage:
-    """An RDB storage fit for many long-lived workers; errors say how to fix the URL."""
-    import sqlalchemy.exc
-
-    url = storage_url(url)
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers and the one writer work at once; the busy timeout makes
-        # writers queue instead of failing with "database is locked".
-        conn = sqlite3.connect(path, timeout=60)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    elif url.startswith("postgresql"):
-        # PostgreSQL drops idle connections: pre-ping them; a worker needs few.
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            hb: dict[str, Any] = {}
-            if heartbeat:
-                beat = _heartbeat_seconds()
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-                hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
-            storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
-        raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
-                          "port, database name and credentials (or FER_OPT_STORAGE)") from None
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
-        raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
-                          "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
-    if storage.engine.dialect.name == "sqlite":
-        _serialize_sqlite_writes(storage.engine)
-    return storage
-
-
-def _retry_seconds() -> float:
-    return float(os.environ.get("FER_OPT_DB_RETRY_SECONDS", "300"))
-
-
-def _is_transient(error: BaseException | None) -> bool:
-    """A lost connection or a locked database somewhere in the exception's cause chain."""
-    import sqlalchemy.exc
-
-    while error is not None:
-        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _retrying(method):
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        deadline, delay = None, 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if not _is_transient(e):
-                    raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + _retry_seconds()
-                    _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
-                                 mask_url(self.url), type(e).__name__, _retry_seconds())
-                if now > deadline:
-                    raise FerOptError(f"lost the study storage {mask_url(self.url)} for over {_retry_seconds():.0f} s; "
-                                      "check that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)") from None
-                self.scoped_session.remove()  # drop the broken session; the next call reconnects
-                time.sleep(delay)
-                delay = min(2 * delay, 10.0)
-
-    return call
-
-
-class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage that waits out a database restart instead of failing the worker.
-
-    Every storage call, the heartbeat's included, is retried with backoff while the
-    error is a lost connection (or a locked SQLite file); other errors pass through.
-    Pooled connections are pre-pinged, so the retry reconnects.
-    """
-
-
-# The public storage API, plus the private methods that Optuna's own cache layer and
-# heartbeat call directly (optuna/storages/_cached_storage.py, _heartbeat.py).
-for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + [
-        "record_heartbeat", "get_heartbeat_interval", "get_heartbeat_stale_trial_callback", "get_all_versions",
-        "get_current_version",
-        "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param", "_get_best_trial_id"]:
-    if _name not in ("remove_session", "check_trial_is_updatable") and hasattr(optuna.storages.RDBStorage, _name):
-        setattr(RetryingRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
-
-
-def _serialize_sqlite_writes(engine) -> None:
-    """Make every SQLite transaction BEGIN IMMEDIATE.
-
-    SQLite ignores SELECT ... FOR UPDATE, and pysqlite opens no transaction
-    before a SELECT, so two workers could both read an enqueued trial as
-    WAITING and both run it. Taking the write lock at BEGIN makes Optuna's
-    read-check-write atomic; the busy timeout queues the workers.
-    (SQLAlchemy's documented pysqlite recipe.)
-    """
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_pysqlite_transactions(dbapi_connection, record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections made before the hooks reconnect with them
+# --------------------------------------------------------------------------- studies in a storage
 
 
 def study_file_text(study: optuna.Study) -> str | None:

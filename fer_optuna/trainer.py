@@ -9,10 +9,10 @@ Nothing here knows about Optuna: the study service stops a run through `on_epoch
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment
-from .config import PixelPipeline, TrainConfig, config_from_dict
-from .data import CLASSES, FerData, clean, stratified_indices
+from . import augment, checkpoints
+from .config import PixelPipeline, TrainConfig
+from .data import CLASSES, FerData, stratified_indices
+from .quality import clean
 from .errors import FerOptError
 from .models import build_model, count_parameters
-
-CHECKPOINT_FORMAT = "fer-optuna/1"
 
 
 @dataclass(frozen=True)
@@ -69,28 +68,54 @@ def resolve_device(spec: str | None = None) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise FerOptError(f"device {spec!r} asked for, but CUDA is not available here; use --gpu cpu")
+            raise FerOptError(f"device {spec!r} asked for, but CUDA is not available here; use the CPU (cpu)")
         if (device.index or 0) >= torch.cuda.device_count():
             raise FerOptError(f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
+    """Training's precision: `auto` is bf16 autocast where the hardware runs it natively."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    # On CPUs without native bf16 the autocast path is slower than fp32.
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _cpu_has_bf16()
+    return cpu_has_native_bf16()
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AVX512-bf16, AMX); on others the autocast path is slower than fp32.
+
+    FER_OPT_CPU_BF16=0 or 1 overrides the detection: 0 keeps `auto` training in fp32 on any CPU,
+    1 takes the bf16 path on a CPU without it (slowly), to test what such a machine would do.
+    """
+    forced = os.environ.get("FER_OPT_CPU_BF16", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+
+
+def inference_bf16(precision: str | None = None) -> bool:
+    """Inference's precision: fp32 unless bf16 is asked for (here, or by FER_OPT_PRECISION).
+
+    Not `auto`: under bf16 autocast the same model file gives other probabilities (up to
+    about 1e-2) and now and then another label, so a model's answers would depend on the
+    CPU it runs on, and would differ from its ONNX graph's, which runs in fp32.
+    """
+    precision = precision or os.environ.get("FER_OPT_PRECISION") or "fp32"
+    if precision not in INFERENCE_PRECISIONS:
+        raise FerOptError(f"precision {precision!r}: expected {' or '.join(INFERENCE_PRECISIONS)} (FER_OPT_PRECISION too)")
+    return precision == "bf16"
 
 
 # --------------------------------------------------------------------------- data on the device
@@ -201,43 +226,89 @@ class EMA:
         self.steps = state["steps"]
 
 
+# --------------------------------------------------------------------------- one run's moving parts
+
+
+@dataclass
+class Run:
+    """Everything a training run changes as it goes; saved after every epoch, so that a run resumes exactly."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any  # an LR scheduler or None
+    per_step: bool  # is the scheduler stepped per batch (else per epoch, on val accuracy)?
+    ema: EMA | None
+    gen: torch.Generator  # augmentation and shuffling, on the device
+    rng: np.random.Generator  # mixup/CutMix draws, on the host
+    loss_fn: nn.Module
+    bf16: bool
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self, result: TrainResult) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None, "generator": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state,
+                "history": [vars(h) for h in result.history], "best_val_acc": result.best_val_acc,
+                "best_epoch": result.best_epoch}
+
+    def load_state_dict(self, state: dict, result: TrainResult) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        result.history = [EpochStats(**h) for h in state["history"]]
+        result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+        result.resumed_at = result.epochs_run = len(result.history)
+
+
 # --------------------------------------------------------------------------- train / evaluate
 
 
-def train_epoch(model, opt, sched_per_step, loss_fn, train: DeviceSplit, cfg: TrainConfig,
-                gen: torch.Generator, rng: np.random.Generator, bf16: bool, ema=None, bar=None):
-    model.train()
+def _mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix on half the batches: (images, the second labels, the first labels' weight)."""
+    if not (cfg.mixup > 0 or cfg.cutmix > 0) or run.rng.random() >= 0.5:
+        return x, y, 1.0
+    perm = torch.randperm(len(y), generator=run.gen, device=x.device)
+    if cfg.cutmix > 0 and (cfg.mixup == 0 or run.rng.random() < 0.5):
+        mask, lam = augment.cutmix_box(run.rng.beta(cfg.cutmix, cfg.cutmix), run.rng, x.device)
+        return torch.where(mask, x[perm], x), y[perm], lam
+    lam = float(run.rng.beta(cfg.mixup, cfg.mixup))
+    return lam * x + (1 - lam) * x[perm], y[perm], lam
+
+
+def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tuple[float, float]:
+    """One pass over the train split; (mean loss, accuracy)."""
+    model = run.model.train()
     dev = train.images.device
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     seen = 0
-    for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen, dev)):
+    for step, idx in enumerate(_batches(len(train), cfg.batch_size, run.gen, dev)):
         x_u8 = train.images[idx]
         if train.degraded is not None:
-            x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, gen)
-        x = augment.augment(x_u8, cfg, gen)
+            x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, run.gen)
         y = train.labels[idx]
-        y2, lam = y, 1.0
-        use_mix = (cfg.mixup > 0 or cfg.cutmix > 0) and rng.random() < 0.5
-        if use_mix:
-            perm = torch.randperm(len(y), generator=gen, device=dev)
-            y2 = y[perm]
-            if cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5):
-                mask, lam = augment.cutmix_box(rng.beta(cfg.cutmix, cfg.cutmix), rng, dev)
-                x = torch.where(mask, x[perm], x)
-            else:
-                lam = float(rng.beta(cfg.mixup, cfg.mixup))
-                x = lam * x + (1 - lam) * x[perm]
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        x, y2, lam = _mix(augment.augment(x_u8, cfg, run.gen), y, cfg, run)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.bf16):
             out = model(x)
-            loss = loss_fn(out, y) if lam == 1.0 else lam * loss_fn(out, y) + (1 - lam) * loss_fn(out, y2)
-        opt.zero_grad(set_to_none=True)
+            loss = run.loss_fn(out, y) if lam == 1.0 else lam * run.loss_fn(out, y) + (1 - lam) * run.loss_fn(out, y2)
+        run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        if sched_per_step is not None:
-            sched_per_step.step()
-        if ema is not None:
-            ema.update(model)
+        run.opt.step()
+        if run.per_step:
+            run.sched.step()
+        if run.ema is not None:
+            run.ema.update(model)
         total_loss += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -278,77 +349,6 @@ def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False
     return loss, acc, probs
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "model", "config": cfg.to_dict(),
-                  "classes": list(CLASSES), "state_dict": state, "meta": meta}, Path(path))
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file safely: weights_only, so a model file cannot run code."""
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FerOptError(f"{path}: no such model file; train one with 'fer-opt train'") from None
-    except Exception as e:  # torch raises many types for a foreign or damaged file
-        raise FerOptError(f"{path}: not a fer-optuna model file ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FerOptError(f"{path}: not a fer-optuna model file (no '{CHECKPOINT_FORMAT}' header)")
-    return ckpt
-
-
-class SoftVote(nn.Module):
-    """An ensemble that averages its members' class probabilities (returned as log-probabilities)."""
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
-        return probs.clamp_min(1e-8).log()
-
-
-def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
-    """A single model, or a SoftVote for an ensemble file; both evaluate and predict alike."""
-    members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
-    models, configs = [], []
-    for member in members:
-        # Checkpoints from before the pixel pipeline was saved fed the model raw pixels.
-        cfg = config_from_dict({"equalize": False, **member["config"]}, "checkpoint config")
-        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
-        model.load_state_dict(member["state_dict"])
-        models.append(model)
-        configs.append(cfg)
-    if len({c.pixels for c in configs}) > 1:
-        raise FerOptError("the ensemble's members differ in their pixel pipeline (equalize, smooth); build it "
-                          "from trials that share it")
-    model = models[0] if len(models) == 1 and ckpt.get("kind") != "ensemble" else SoftVote(models)
-    return model.to(device, memory_format=torch.channels_last).eval(), configs[0]
-
-
-def save_ensemble(path: str | Path, checkpoints: list[dict], **meta: Any) -> None:
-    members = [{"config": c["config"], "state_dict": c["state_dict"], "meta": c.get("meta", {})} for c in checkpoints]
-    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(CLASSES), "members": members,
-                  "config": members[0]["config"], "meta": meta}, Path(path))
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -362,41 +362,8 @@ def _progress(enabled: bool | None, total: int, epoch: int, epochs: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, dynamic_ncols=True)
 
 
-def _save_state(path: Path, cfg: TrainConfig, model, opt, sched, ema, gen, rng, result: TrainResult) -> None:
-    atomic_save({
-        "format": CHECKPOINT_FORMAT, "kind": "state", "config": cfg.to_dict(), "model": model.state_dict(),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-        "ema": ema.state_dict() if ema is not None else None, "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state,
-        "history": [vars(h) for h in result.history], "best_val_acc": result.best_val_acc,
-        "best_epoch": result.best_epoch,
-    }, path)
-
-
-def _load_state(path: Path, cfg: TrainConfig, model, opt, sched, ema, gen, rng, result: TrainResult) -> int:
-    """Restore a run saved by _save_state; returns the last completed epoch (0 if none usable)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a missing or damaged state file means a fresh start, never a crash
-        return 0
-    if state.get("config") != cfg.to_dict():
-        return 0
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    if sched is not None:
-        sched.load_state_dict(state["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    rng.bit_generator.state = state["numpy_rng"]
-    result.history = [EpochStats(**h) for h in state["history"]]
-    result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
-    return len(result.history)
-
-
 def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
-    ckpt = read_checkpoint(cfg.init)
+    ckpt = checkpoints.read_checkpoint(cfg.init)
     if ckpt.get("kind") != "model":
         raise FerOptError(f"init {cfg.init}: an ensemble cannot start a run; give a single model's checkpoint")
     try:
@@ -406,24 +373,18 @@ def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
                           f"{cfg.hidden_dim}); the config must have the checkpoint's model, width and hidden_dim") from None
 
 
-def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
-          on_epoch: Callable[[EpochStats], bool | None] | None = None,
-          checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
-          log: Callable[[str], None] | None = print) -> TrainResult:
-    """Train on data's train split, select on its val split. `on_epoch` may return True to stop.
+def data_key(data: FerData) -> str:
+    """A digest of the train and val images and labels: a saved run resumes only on the data it was made on."""
+    digest = hashlib.blake2b(digest_size=16)
+    for split in ("train", "val"):
+        for array in (data.images.get(split), data.labels.get(split)):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
-    With `state`, the whole run (weights, optimizer, schedule, RNG streams) is saved
-    there after every epoch, and a run that finds the file resumes after its last epoch.
-    """
-    device = device or resolve_device()
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    bf16 = use_bf16(cfg.precision, device)
-    data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
-    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0)
-    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
 
+def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device) -> tuple[Run, int]:
+    """A fresh run: (its moving parts, optimizer steps per epoch)."""
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
     if cfg.init:
         _load_init(model, cfg)
@@ -432,34 +393,62 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
     sched, per_step = make_scheduler(cfg, opt, steps)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(model))
+    run = Run(model, opt, sched, per_step, EMA(model, cfg.ema) if cfg.ema > 0 else None,
+              torch.Generator(device).manual_seed(cfg.seed), np.random.default_rng(cfg.seed), loss_fn,
+              use_bf16(cfg.precision, device))
+    return run, steps
+
+
+def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
+          on_epoch: Callable[[EpochStats], bool | None] | None = None,
+          checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
+          log: Callable[[str], None] | None = print) -> TrainResult:
+    """Train on data's train split, select on its val split. `on_epoch` may return True to stop.
+
+    With `state`, the whole run (weights, optimizer, schedule, RNG streams) is saved
+    there after every epoch, and a run that finds the file, made by the same config on
+    the same data, resumes after its last epoch and ends with the same weights as one
+    that was never stopped.
+    """
+    device = device or resolve_device()
+    torch.manual_seed(cfg.seed)
+    data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0)
+    val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
+    run, steps = _start(cfg, train_split, device)
+    result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
+    key = data_key(data) if state is not None else ""
     if state is not None and Path(state).exists():
-        result.resumed_at = result.epochs_run = _load_state(Path(state), cfg, model, opt, sched, ema, gen, rng, result)
+        saved, why_not = checkpoints.load_state(Path(state), cfg, key)
+        if saved is not None:
+            run.load_state_dict(saved, result)
+            if log is not None:
+                log(f"resuming after epoch {result.resumed_at} of {cfg.epochs} (saved in {state})")
+        elif log is not None:
+            log(f"{state}: {why_not}; starting afresh")
     start = time.perf_counter()
     for epoch in range(result.resumed_at + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         bar = _progress(progress, steps * min(cfg.batch_size, len(train_split)), epoch, cfg.epochs)
         try:
-            train_loss, train_acc = train_epoch(model, opt, sched if per_step else None, loss_fn, train_split,
-                                                cfg, gen, rng, bf16, ema, bar)
+            train_loss, train_acc = train_epoch(run, train_split, cfg, bar)
         finally:
             if bar is not None:
                 bar.close()
-        scored = ema.module if ema is not None else model
-        val_loss, val_acc, _ = evaluate(scored, val_split, bf16)
-        if sched is not None and not per_step:
-            sched.step(val_acc)
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, opt.param_groups[0]["lr"],
+        val_loss, val_acc, _ = evaluate(run.scored, val_split, run.bf16)
+        if run.sched is not None and not run.per_step:
+            run.sched.step(val_acc)
+        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, run.opt.param_groups[0]["lr"],
                            time.perf_counter() - t0)
         result.history.append(stats)
         result.epochs_run = epoch
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val_acc, epoch
             if checkpoint is not None:
-                save_checkpoint(checkpoint, scored, cfg, val_accuracy=val_acc, epoch=epoch, source=data.source)
+                checkpoints.save_checkpoint(checkpoint, run.scored, cfg, val_accuracy=val_acc, epoch=epoch,
+                                            source=data.source)
         if state is not None:
-            _save_state(Path(state), cfg, model, opt, sched, ema, gen, rng, result)
+            checkpoints.save_state(Path(state), cfg, key, run.state_dict(result))
         if log is not None:
             log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {stats.lr:.2e}  {stats.seconds:.1f}s")

@@ -18,30 +18,25 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
+
 import optuna
 import torch
 from optuna.trial import TrialState
 
+from . import checkpoints, interrupts, trainer
 from . import data as fer_data
-from . import trainer
 from .errors import FerOptError
-from .study import FINISHED, StudySpec, load_study, make_pruner, make_sampler, open_storage, storage_url, suggest
+from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
+from .storage import open_storage, storage_url
 
 WAIT_SECONDS = 2.0
 
 
 class TrialDropped(FerOptError):
     """A trial that cannot or must not run; it is recorded as failed and the worker goes on."""
-
-
-class Interrupted(FerOptError):
-    """SIGINT/SIGTERM stopped the worker; exits 128 + the signal's number, as a shell reports it."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -68,86 +63,110 @@ def _count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def make_objective(study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
-                   opts: WorkerOptions, log):
-    from .tracking import TrialTracker
+class Objective:
+    """One trial, as Optuna's `study.optimize` calls it: budget guard, parameters, training, pruning, failures.
 
-    def objective(trial: optuna.Trial) -> float:
-        objective.running = trial.number
-        ahead = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
-                 if t.number < trial.number]
-        if len(ahead) >= spec.n_trials:
-            study.stop()
-            reason = f"study budget of {spec.n_trials} trials already taken by other workers"
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialDropped(reason)
-        params = suggest(trial, spec.space)
-        cfg = spec.train.replace(**params)
+    `running` is the number of the trial in progress, so that an interrupted worker can
+    queue it again for another.
+    """
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
+                 opts: WorkerOptions, log: Callable[[str], None]):
+        self.study, self.spec, self.data, self.device, self.opts, self.log = study, spec, data, device, opts, log
+        self.running: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.running = trial.number
+        self._check_budget(trial)
+        params = suggest(trial, self.spec.space)
+        cfg = self.spec.train.replace(**params)
         trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("device", str(device))
-        checkpoint = state = None
-        if opts.checkpoint_dir:
-            folder = Path(opts.checkpoint_dir) / study.study_name
-            checkpoint, state = folder / f"trial-{trial.number}.pt", folder / f"trial-{trial.number}.state.pt"
-            trial.set_user_attr("checkpoint", str(checkpoint))
-            _take_over_state(study, trial, folder, state)
-        tracker = TrialTracker(study.study_name, trial.number, params) if opts.wandb else None
-        started = time.perf_counter()
+        trial.set_user_attr("device", str(self.device))
+        checkpoint, state = self._files(trial)
+        tracker = None
+        if self.opts.wandb:
+            from .tracking import TrialTracker
 
-        first_epoch = []
-
-        def on_epoch(stats: trainer.EpochStats) -> None:
-            if not first_epoch:
-                first_epoch.append(stats.epoch)
-                if stats.epoch > 1:  # this attempt resumed an earlier one's run
-                    trial.set_user_attr("resumed_at_epoch", stats.epoch - 1)
-            log(f"trial {trial.number} epoch {stats.epoch}/{cfg.epochs}: val accuracy {stats.val_acc:.4f} "
-                f"({stats.seconds:.0f}s)")
-            trial.report(stats.val_acc, stats.epoch)
-            trial.set_user_attr("epochs_run", stats.epoch)
-            trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
-            if tracker:
-                tracker.log_epoch(stats)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
-
-        log(f"trial {trial.number} started: {params}")
+            tracker = TrialTracker(self.study.study_name, trial.number, params)
+        self.log(f"trial {trial.number} started: {params}")
         outcome = "failed"
-        if device.type == "cuda":
-            torch.empty(0, device=device)  # the peak counters of a device not yet used do not exist yet
-            torch.cuda.reset_peak_memory_stats(device)
+        if self.device.type == "cuda":
+            torch.empty(0, device=self.device)  # the peak counters of a device not yet used do not exist yet
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            result = trainer.train(cfg, data, device=device, on_epoch=on_epoch, checkpoint=checkpoint,
-                                   state=state, progress=False, log=None)
+            result = trainer.train(cfg, self.data, device=self.device, on_epoch=EpochReporter(trial, cfg, tracker, self.log),
+                                   checkpoint=checkpoint, state=state, progress=False, log=None)
             outcome = "complete"
             if tracker:
                 tracker.summary(result.best_val_acc, result.n_params)
         except optuna.TrialPruned as e:
             outcome = "pruned"
-            log(f"trial {trial.number} pruned: {e}")
+            self.log(f"trial {trial.number} pruned: {e}")
             raise
         except torch.OutOfMemoryError:
-            if device.type == "cuda":
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            reason = f"out of memory at batch_size {cfg.batch_size} on {device}"
-            trial.set_user_attr("fail_reason", reason)
-            raise TrialDropped(reason) from None
+            raise self._drop(trial, f"out of memory at batch_size {cfg.batch_size} on {self.device}") from None
         except trainer.NonFiniteLoss as e:
-            trial.set_user_attr("fail_reason", str(e))
-            raise TrialDropped(str(e)) from None
+            raise self._drop(trial, str(e)) from None
         finally:
-            _record_peak_memory(trial, device)
+            _record_peak_memory(trial, self.device)
             if tracker:
                 tracker.finish(outcome)
             if state is not None and outcome != "failed":
                 state.unlink(missing_ok=True)  # only an interrupted trial needs its state
         trial.set_user_attr("n_params", result.n_params)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
+        self.log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
         return result.best_val_acc
 
-    objective.running = None  # the number of the trial in progress, for an interruption to re-queue
-    return objective
+    def _check_budget(self, trial: optuna.Trial) -> None:
+        """A trial that starts when the budget is already taken by trials ahead of it is dropped, not run."""
+        ahead = [t for t in self.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
+                 if t.number < trial.number]
+        if len(ahead) >= self.spec.n_trials:
+            self.study.stop()
+            raise self._drop(trial, f"study budget of {self.spec.n_trials} trials already taken by other workers")
+
+    def _drop(self, trial: optuna.Trial, reason: str) -> TrialDropped:
+        trial.set_user_attr("fail_reason", reason)
+        return TrialDropped(reason)
+
+    def _files(self, trial: optuna.Trial) -> tuple[Path | None, Path | None]:
+        """The trial's best checkpoint and its per-epoch state, taken over from a killed attempt if there is one."""
+        if not self.opts.checkpoint_dir:
+            return None, None
+        folder = Path(self.opts.checkpoint_dir) / self.study.study_name
+        checkpoint = folder / f"trial-{trial.number}.pt"
+        state = checkpoints.state_path(checkpoint)
+        trial.set_user_attr("checkpoint", str(checkpoint))
+        _take_over_state(self.study, trial, folder, state)
+        return checkpoint, state
+
+
+class EpochReporter:
+    """Called after each epoch of a trial: reports to Optuna, records progress, and prunes."""
+
+    def __init__(self, trial: optuna.Trial, cfg, tracker, log: Callable[[str], None]):
+        self.trial, self.cfg, self.tracker, self.log = trial, cfg, tracker, log
+        self.started = time.perf_counter()
+        self.first_epoch: int | None = None
+
+    def __call__(self, stats: trainer.EpochStats) -> None:
+        trial = self.trial
+        if self.first_epoch is None:
+            self.first_epoch = stats.epoch
+            if stats.epoch > 1:  # this attempt resumed an earlier one's run
+                trial.set_user_attr("resumed_at_epoch", stats.epoch - 1)
+        self.log(f"trial {trial.number} epoch {stats.epoch}/{self.cfg.epochs}: val accuracy {stats.val_acc:.4f} "
+                 f"({stats.seconds:.0f}s)")
+        trial.report(stats.val_acc, stats.epoch)
+        trial.set_user_attr("epochs_run", stats.epoch)
+        trial.set_user_attr("seconds", round(time.perf_counter() - self.started, 2))
+        if self.tracker:
+            self.tracker.log_epoch(stats)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
 
 
 def _requeue(study: optuna.Study, number: int | None) -> str:
@@ -167,7 +186,7 @@ def _take_over_state(study: optuna.Study, trial: optuna.Trial, folder: Path, sta
     """A retry of a trial whose worker died continues from that attempt's last epoch."""
     frozen = study._storage.get_trial(trial._trial_id)
     for previous in reversed(frozen.system_attrs.get("retry_history", [])):
-        earlier = folder / f"trial-{previous}.state.pt"
+        earlier = checkpoints.state_path(folder / f"trial-{previous}.pt")
         if earlier.exists():
             shutil.copy(earlier, state)
             trial.set_user_attr("resumed_from_trial", previous)
@@ -181,22 +200,6 @@ def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
         trial.set_user_attr("gpu_peak_mb", round(torch.cuda.max_memory_allocated(device) / 2**20))
 
 
-def _install_signal_handlers(log) -> list[int]:
-    """First Ctrl-C/SIGTERM: stop the running trial, which is re-queued. Second: exit at once."""
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if received:
-            os._exit(128 + signum)
-        received.append(signum)
-        log(f"{signal.Signals(signum).name}: stopping; the running trial goes back to the queue (again to force)")
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return received
-
-
 def run(opts: WorkerOptions) -> int:
     """Pull trials until the budget, --n-trials or --timeout; returns how many trials this worker ran."""
     prefix = f"[worker {worker_id()} {opts.device}]"
@@ -204,7 +207,6 @@ def run(opts: WorkerOptions) -> int:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {prefix} {msg}", flush=True)
 
-    signals = _install_signal_handlers(log)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = trainer.resolve_device(opts.device)
@@ -212,37 +214,39 @@ def run(opts: WorkerOptions) -> int:
     study, spec = load_study(opts.study, storage)
     study.sampler = make_sampler(spec, seed_offset=os.getpid() if opts.seed_offset is None else opts.seed_offset)
     study.pruner = make_pruner(spec)
-    data_path = opts.data or study.user_attrs.get("fer_opt.data")
+    data_path = opts.data or study.user_attrs.get(ATTR_DATA)
     data = fer_data.load(data_path)
-    objective = make_objective(study, spec, data, device, opts, log)
+    objective = Objective(study, spec, data, device, opts, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
     ran = 0
     log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}")
-    try:
-        while opts.n_trials is None or ran < opts.n_trials:
-            if deadline and time.monotonic() >= deadline:
-                log("timeout reached")
-                break
-            finished = _count(study, FINISHED)
-            if finished >= spec.n_trials:
-                log(f"budget reached: {finished} trials finished")
-                break
-            if finished + _count(study, (TrialState.RUNNING,)) >= spec.n_trials:
-                # The last trials are running elsewhere; wait, in case one dies and is re-queued.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-                if _count(study, (TrialState.WAITING,)) == 0:
-                    time.sleep(WAIT_SECONDS)
-                    continue
-            study.optimize(objective, n_trials=1, catch=(TrialDropped,))
-            ran += 1
-    except KeyboardInterrupt:
-        signum = signals[0] if signals else signal.SIGINT
-        outcome = _requeue(study, objective.running)
-        log(f"interrupted: {outcome}; exiting")
-        raise Interrupted(signum, f"worker stopped by {signal.Signals(signum).name}; {outcome}") from None
+    announce = lambda name: log(f"{name}: stopping; the running trial goes back to the queue (again to force)")  # noqa: E731
+    with interrupts.first_signal_raises(announce) as received:
+        try:
+            while opts.n_trials is None or ran < opts.n_trials:
+                if deadline and time.monotonic() >= deadline:
+                    log("timeout reached")
+                    break
+                finished = _count(study, FINISHED)
+                if finished >= spec.n_trials:
+                    log(f"budget reached: {finished} trials finished")
+                    break
+                if finished + _count(study, (TrialState.RUNNING,)) >= spec.n_trials:
+                    # The last trials are running elsewhere; wait, in case one dies and is re-queued.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        optuna.storages.fail_stale_trials(study)
+                    if _count(study, (TrialState.WAITING,)) == 0:
+                        time.sleep(WAIT_SECONDS)
+                        continue
+                study.optimize(objective, n_trials=1, catch=(TrialDropped,))
+                ran += 1
+        except KeyboardInterrupt:
+            signum = interrupts.first_signal(received)
+            outcome = _requeue(study, objective.running)
+            log(f"interrupted: {outcome}; exiting")
+            raise interrupts.Interrupted(signum, f"worker stopped by {signum.name}; {outcome}") from None
     return ran
 
 
@@ -273,6 +277,15 @@ def spawn(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     return max(p.wait() for p in procs)
+
+
+def launch(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
+    """The one way to start workers: in this process, or per_device processes on each device.
+    Returns the exit status (the worst of the processes')."""
+    if len(devices) * per_device > 1:
+        return spawn(opts, devices, per_device)
+    run(replace(opts, device=devices[0]))
+    return 0
 
 
 def parse_devices(gpu: str) -> list[str]:

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,20 @@ def fer_opt(*args: str, env: dict | None = None, check: bool = True, timeout: fl
     if check and proc.returncode != 0:
         raise AssertionError(f"fer-opt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def fer_opt_interrupted(*args: str, after: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real CLI and press Ctrl-C (SIGINT) once it has printed a line containing `after`."""
+    proc = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if after in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
 
 
 @pytest.fixture(scope="session")

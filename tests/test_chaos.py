@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import fer_opt
-from fer_optuna import study as fer_study
+from fer_optuna import storage as fer_storage
 from test_workers import TINY, start_worker
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     args = ("--checkpoint-dir", str(tmp_path / "ckpt"))
     env = {"FER_OPT_HEARTBEAT": "1"}
     procs = [start_worker(storage_url, tmp_path / f"w{i}.log", *args, env=env) for i in range(WORKERS)]
-    study = optuna.load_study(study_name="tiny", storage=fer_study.open_storage(storage_url))
+    study = optuna.load_study(study_name="tiny", storage=fer_storage.open_storage(storage_url))
     rng = random.Random(0)
     kills, restarted_db, seen_finished = [], False, {}
     deadline = time.monotonic() + 600

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fer_optuna import data, trainer
+from fer_optuna import checkpoints, data, trainer
+from fer_optuna.models import build_model
 from fer_optuna.config import TrainConfig
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -26,7 +27,7 @@ def test_trains_on_cuda_in_bf16_and_the_checkpoint_runs_on_cpu(tmp_path, model):
                       equalize=False)
     result = trainer.train(cfg, _data(), device=torch.device("cuda"), checkpoint=tmp_path / "m.pt", log=None)
     assert result.best_val_acc > 0.3
-    model_cpu, _ = trainer.model_from_checkpoint(trainer.read_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
+    model_cpu, _ = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
     split = trainer.to_device(*_data().split("val"), torch.device("cpu"))
     _, acc, _ = trainer.evaluate(model_cpu, split, bf16=False)
     assert abs(acc - result.best_val_acc) < 0.05
@@ -35,10 +36,10 @@ def test_trains_on_cuda_in_bf16_and_the_checkpoint_runs_on_cpu(tmp_path, model):
 def test_training_step_makes_no_host_syncs():
     cfg = TrainConfig(model="cnn3", batch_size=64)
     split = trainer.to_device(*_data().split("train"), torch.device("cuda"))
-    model = trainer.build_model("cnn3", 0.3, 128).cuda().to(memory_format=torch.channels_last)
-    opt = trainer.make_optimizer(cfg, model, torch.device("cuda"))
-    gen = torch.Generator("cuda").manual_seed(0)
-    args = (model, opt, None, torch.nn.CrossEntropyLoss(), split, cfg, gen, np.random.default_rng(0), True)
+    model = build_model("cnn3", 0.3, 128).cuda().to(memory_format=torch.channels_last)
+    run = trainer.Run(model, trainer.make_optimizer(cfg, model, torch.device("cuda")), None, False, None,
+                      torch.Generator("cuda").manual_seed(0), np.random.default_rng(0), torch.nn.CrossEntropyLoss(), True)
+    args = (run, split, cfg)
     trainer.train_epoch(*args)
     torch.cuda.set_sync_debug_mode("warn")
     try:

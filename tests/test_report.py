@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, fer_opt
-from fer_optuna import data, trainer, worker
+from fer_optuna import checkpoints, data, worker
+from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from test_dashboard import _browser, _chromium
 
@@ -25,9 +26,9 @@ def finished_study(tmp_path, sample_csv):
                          .replace(", n_startup_trials: 2, n_warmup_steps: 0", "").replace("epochs: 3", "epochs: 2"))
     url = f"sqlite:///{tmp_path}/s.db"
     fer_study.create(spec_file, url, data=str(sample_csv))
-    study, spec = fer_study.load_study("tiny", fer_study.open_storage(url))
+    study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))
     opts = worker.WorkerOptions("tiny", url, "cpu", checkpoint_dir=str(tmp_path / "ckpt"))
-    objective = worker.make_objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
+    objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
     study.optimize(objective, n_trials=4)
     return url, study
 
@@ -37,7 +38,7 @@ def test_ensemble_of_the_top_trials_evaluates_and_predicts_like_a_model(finished
     ens = tmp_path / "ens.pt"
     out = fer_opt("ensemble", "--storage", url, "--top", "3", "-o", ens, "--data", sample_csv).stdout
     assert "ensemble val accuracy" in out
-    ckpt = trainer.read_checkpoint(ens)
+    ckpt = checkpoints.read_checkpoint(ens)
     assert ckpt["kind"] == "ensemble" and len(ckpt["members"]) == 3
     best3 = sorted((t for t in study.trials), key=lambda t: t.value, reverse=True)[:3]
     assert ckpt["meta"]["trials"] == [t.number for t in best3]
@@ -52,7 +53,7 @@ def test_ensemble_of_the_top_trials_evaluates_and_predicts_like_a_model(finished
 def test_soft_vote_averages_member_probabilities():
     members = [torch.nn.Linear(2, 7), torch.nn.Linear(2, 7)]
     x = torch.randn(5, 2)
-    vote = trainer.SoftVote(members)(x).exp()
+    vote = checkpoints.SoftVote(members)(x).exp()
     expected = (members[0](x).softmax(-1) + members[1](x).softmax(-1)) / 2
     assert torch.allclose(vote, expected, atol=1e-6)
 

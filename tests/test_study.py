@@ -3,6 +3,7 @@ import optuna
 import pytest
 
 from conftest import ROOT, fer_opt
+from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from fer_optuna.config import load_config
 from fer_optuna.errors import FerOptError
@@ -53,7 +54,7 @@ def test_malformed_study_files_are_refused_with_the_key(case):
 
 
 def test_mask_url_hides_the_password():
-    masked = fer_study.mask_url("postgresql+psycopg://fer:s3cret@db:5432/optuna")
+    masked = fer_storage.mask_url("postgresql+psycopg://fer:s3cret@db:5432/optuna")
     assert "s3cret" not in masked and "fer:***@db:5432/optuna" in masked
 
 
@@ -74,7 +75,7 @@ def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
     with pytest.raises(FerOptError, match="different study file; pass --replace"):
         fer_study.create(other, url, data=str(sample_csv), skip_if_exists=True)
     replaced, new = fer_study.create(other, url, data=str(sample_csv), replace=True)
-    assert new and fer_study.load_study("tiny", fer_study.open_storage(url))[1].n_trials == 9
+    assert new and fer_study.load_study("tiny", fer_storage.open_storage(url))[1].n_trials == 9
 
 
 def test_unreachable_storage_is_one_line_with_masked_password():

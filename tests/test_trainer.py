@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -6,8 +7,8 @@ import torch
 from torch import nn
 from PIL import Image
 
-from conftest import ROOT, fer_opt
-from fer_optuna import augment, data, trainer
+from conftest import ROOT, fer_opt, fer_opt_interrupted
+from fer_optuna import augment, checkpoints, data, trainer
 from fer_optuna.config import TrainConfig, config_from_dict, dump_config, load_config
 from fer_optuna.errors import FerOptError
 from fer_optuna.models import MODELS, build_model, count_parameters
@@ -172,10 +173,10 @@ def test_config_yaml_round_trip_and_refusals(tmp_path):
 def test_checkpoint_refuses_foreign_files(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"garbage")
     with pytest.raises(FerOptError, match="not a fer-optuna model file"):
-        trainer.read_checkpoint(tmp_path / "x.pt")
+        checkpoints.read_checkpoint(tmp_path / "x.pt")
     torch.save({"format": "other"}, tmp_path / "y.pt")
     with pytest.raises(FerOptError, match="not a fer-optuna model file"):
-        trainer.read_checkpoint(tmp_path / "y.pt")
+        checkpoints.read_checkpoint(tmp_path / "y.pt")
 
 
 def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
@@ -183,7 +184,7 @@ def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
     model = tmp_path / "model.pt"
     out = fer_opt("train", "--data", sample_csv, "--epochs", "2", "--out", model, "--set", "hidden_dim=64").stdout
     assert "epoch   2/2" in out and "best val accuracy" in out
-    ckpt = trainer.read_checkpoint(model)
+    ckpt = checkpoints.read_checkpoint(model)
     assert ckpt["config"]["model"] == "cnn3" and ckpt["config"]["hidden_dim"] == 64
 
     report = json.loads(fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "val", "--json",
@@ -228,19 +229,50 @@ def test_an_interrupted_run_resumes_on_the_same_path(tmp_path, options):
     assert resumed.best_val_acc == straight.best_val_acc
 
 
-def test_a_state_file_of_another_config_is_ignored(tmp_path):
+def test_a_state_file_of_another_config_or_data_is_ignored_and_says_why(tmp_path):
     cpu = torch.device("cpu")
     state = tmp_path / "s.pt"
-    trainer.train(TrainConfig(model="mlp", epochs=1), _tiny_data(), device=cpu, state=state, log=None)
-    other = trainer.train(TrainConfig(model="mlp", epochs=2, lr=0.01), _tiny_data(), device=cpu, state=state, log=None)
+    cfg = TrainConfig(model="mlp", epochs=2)
+    trainer.train(cfg.replace(epochs=1), _tiny_data(), device=cpu, state=state, log=None)
+    said = []
+    other = trainer.train(cfg.replace(lr=0.01), _tiny_data(), device=cpu, state=state, log=said.append)
     assert other.resumed_at == 0 and other.epochs_run == 2
+    assert f"{state}: saved by a run with another config (epochs 1 -> 2, lr 0.001 -> 0.01); starting afresh" in said
+    said.clear()
+    other = trainer.train(cfg.replace(lr=0.01), _tiny_data(seed=1), device=cpu, state=state, log=said.append)
+    assert other.resumed_at == 0 and f"{state}: saved by a run on other data; starting afresh" in said
+    state.write_bytes(b"half a file")
+    said.clear()
+    assert trainer.train(cfg, _tiny_data(), device=cpu, state=state, log=said.append).resumed_at == 0
+    assert said[0].startswith(f"{state}: unreadable")
+
+
+def test_train_stopped_by_ctrl_c_resumes_to_the_same_model(tmp_path, sample_csv):
+    args = ("train", "--data", sample_csv, "--epochs", "4", "--device", "cpu", "--set", "hidden_dim=32",
+            "--set", "equalize=false")
+    fer_opt(*args, "--out", tmp_path / "straight.pt")
+    model = tmp_path / "model.pt"
+    stopped = fer_opt_interrupted(*args, "--out", model, after="epoch   1/4")
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
+    [line] = stopped.stderr.strip().splitlines()
+    done = int(re.fullmatch(r"error: training stopped by SIGINT after epoch (\d) of 4; run the same command again "
+                            r"to resume", line).group(1))
+    assert 1 <= done < 4 and (tmp_path / "model.state.pt").exists()
+    resumed = fer_opt(*args, "--out", model).stdout
+    assert f"resuming after epoch {done} of 4" in resumed and "epoch   4/4" in resumed
+    assert f"epoch {done:3d}/4" not in resumed, "finished epochs are not run again"
+    assert not (tmp_path / "model.state.pt").exists(), "a finished run leaves no state behind"
+    straight, again = (checkpoints.read_checkpoint(p) for p in (tmp_path / "straight.pt", model))
+    assert again["meta"]["epoch"] == straight["meta"]["epoch"]
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in straight["state_dict"].items())
+    assert f"{model} exists: this run replaces it" in fer_opt(*args, "--out", model, "--epochs", "1").stdout
 
 
 def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
     path = ROOT / "models" / "fer2013-best.pt"
     # A full-width VGG in fp32; the device returns files in 15 MB parts (benchmarks/gpu_check.sh --train).
     assert path.stat().st_size < 40 * 2**20
-    ckpt = trainer.read_checkpoint(path)
+    ckpt = checkpoints.read_checkpoint(path)
     origin = ckpt["meta"]["provenance"]  # where it came from: its recipe, selected on val of the original pixels
     assert origin["recipe"] == "models/fer2013-best-editions.yaml" and "fer2013-sota.yaml" in origin["study"]
     assert origin["val_accuracy"] == pytest.approx(ckpt["meta"]["val_accuracy"], abs=1e-6) and origin["val_accuracy"] > 0.655

@@ -15,7 +15,9 @@ import torch
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, fer_opt
+from conftest import ROOT, fer_opt, fer_opt_interrupted
+from fer_optuna import checkpoints
+from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from fer_optuna.config import load_config
 
@@ -204,9 +206,9 @@ def _in_process_study(tmp_path, sample_csv, enqueue):
     created, _ = fer_study.create(TINY, url, data=str(sample_csv))
     for params in enqueue:
         created.enqueue_trial(params)
-    study, spec = fer_study.load_study("tiny", fer_study.open_storage(url))
+    study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))
     opts = worker.WorkerOptions("tiny", url, "cpu")
-    objective = worker.make_objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
+    objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
     return study, objective
 
 
@@ -242,21 +244,35 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
-    spec = tmp_path / "tiny.yaml"  # a proxy of 200 images; the final fit takes them all, for 2 epochs
+    spec = tmp_path / "tiny.yaml"  # a proxy of 200 images; the final fit takes them all, for 4 epochs
     spec.write_text(TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0, equalize: false}", (
-        "train: {model: cnn3, epochs: 3, seed: 0, equalize: false, train_subset: 200}\nfinal: {train_subset: 0, epochs: 2}")))
-    out = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
-                  "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
+        "train: {model: cnn3, epochs: 3, seed: 0, equalize: false, train_subset: 200}\nfinal: {train_subset: 0, epochs: 4}")))
+    args = ("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
+            "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt")
+    out = fer_opt(*args).stdout
     assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
     assert "what the search bought" in out and "original config  trial   0" in out
     assert re.search(r"trial \d+ epoch 3/3: val accuracy", out), "progress of every epoch"
     final = load_config(tmp_path / "runs" / "best.yaml")
-    assert final.provenance["study"] == "tiny" and (final.train_subset, final.epochs) == (0, 2)
-    assert "epoch   2/2" in out and "epoch   3/" not in out.split("training the final model")[1]
-    assert (tmp_path / "runs" / "best.pt").exists()
-    again = fer_opt("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
-                    "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt").stdout
-    assert "study tiny resumed" in again and "budget reached" in again
+    assert final.provenance["study"] == "tiny" and (final.train_subset, final.epochs) == (0, 4)
+    assert "epoch   4/4" in out and "epoch   5/" not in out.split("training the final model")[1]
+    best = tmp_path / "runs" / "best.pt"
+    uninterrupted = checkpoints.read_checkpoint(best)["state_dict"]
+    assert not (tmp_path / "runs" / "best.state.pt").exists(), "a finished fit leaves no state behind"
+
+    # Ctrl-C in the final fit of the same command: one line, exit 130, and the next run resumes it.
+    stopped = fer_opt_interrupted(*args, after="epoch   1/4")
+    assert "study tiny resumed" in stopped.stdout and "budget reached" in stopped.stdout
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr and "Aborted" not in stopped.stderr
+    [line] = stopped.stderr.strip().splitlines()
+    done = int(re.fullmatch(r"error: final fit stopped by SIGINT after epoch (\d) of 4; run the same command again "
+                            r"to resume", line).group(1))
+    assert 1 <= done < 4 and (tmp_path / "runs" / "best.state.pt").exists()
+    resumed = fer_opt(*args).stdout
+    assert f"resuming after epoch {done} of 4" in resumed and f"epoch {done:3d}/4" not in resumed.split("resuming")[1]
+    resumed_weights = checkpoints.read_checkpoint(best)["state_dict"]
+    assert all(torch.equal(resumed_weights[k], uninterrupted[k]) for k in uninterrupted), "the same model as without the stop"
+
     # From a fresh storage the same command draws the same trials: a user can reproduce the main job.
     url2 = f"sqlite:///{tmp_path}/main2.db"
     fer_opt("run", "--data", sample_csv, "--storage", url2, "--study-file", spec, "--gpu", "cpu", "--port", "0",

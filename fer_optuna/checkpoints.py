@@ -1,0 +1,136 @@
+"""The files a run leaves: model checkpoints, ensembles, and the per-epoch state a run resumes from.
+
+A model checkpoint holds the weights and the full config, so evaluate and predict need
+nothing else; it loads with `torch.load(weights_only=True)`, so a model file cannot run
+code. Every file is written under a temporary name and renamed: a reader never sees half
+of one, whenever the writer is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig, config_from_dict
+from .data import CLASSES
+from .errors import FerOptError
+from .models import build_model
+
+CHECKPOINT_FORMAT = "fer-optuna/1"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- models
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "model", "config": cfg.to_dict(),
+                 "classes": list(CLASSES), "state_dict": state, "meta": meta}, Path(path))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely: weights_only, so a model file cannot run code."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FerOptError(f"{path}: no such model file; train one with 'fer-opt train'") from None
+    except Exception as e:  # torch raises many types for a foreign or damaged file
+        raise FerOptError(f"{path}: not a fer-optuna model file ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FerOptError(f"{path}: not a fer-optuna model file (no '{CHECKPOINT_FORMAT}' header)")
+    return ckpt
+
+
+class SoftVote(nn.Module):
+    """An ensemble that averages its members' class probabilities (returned as log-probabilities)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-8).log()
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
+    """A single model, or a SoftVote for an ensemble file; both evaluate and predict alike."""
+    members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
+    models, configs = [], []
+    for member in members:
+        # Checkpoints from before the pixel pipeline was saved fed the model raw pixels.
+        cfg = config_from_dict({"equalize": False, **member["config"]}, "checkpoint config")
+        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+        model.load_state_dict(member["state_dict"])
+        models.append(model)
+        configs.append(cfg)
+    if len({c.pixels for c in configs}) > 1:
+        raise FerOptError("the ensemble's members differ in their pixel pipeline (equalize, smooth); build it "
+                          "from trials that share it")
+    model = models[0] if len(models) == 1 and ckpt.get("kind") != "ensemble" else SoftVote(models)
+    return model.to(device, memory_format=torch.channels_last).eval(), configs[0]
+
+
+def save_ensemble(path: str | Path, checkpoints: list[dict], **meta: Any) -> None:
+    members = [{"config": c["config"], "state_dict": c["state_dict"], "meta": c.get("meta", {})} for c in checkpoints]
+    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(CLASSES), "members": members,
+                 "config": members[0]["config"], "meta": meta}, Path(path))
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def state_path(out: str | Path) -> Path:
+    """Where a run that writes `out` keeps its per-epoch state: model.pt -> model.state.pt."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.state.pt")
+
+
+def save_state(path: Path, cfg: TrainConfig, data_key: str, run: dict) -> None:
+    """`run`: everything the run changes as it goes (weights, optimizer, schedule, RNG streams, history)."""
+    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "state", "config": cfg.to_dict(), "data": data_key, **run}, path)
+
+
+def load_state(path: Path, cfg: TrainConfig, data_key: str) -> tuple[dict | None, str]:
+    """The saved run, if it was made by this config on this data; else None and why not."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None, "no saved state"
+    except Exception as e:  # a damaged state file means a fresh start, never a crash
+        return None, f"unreadable ({str(e).splitlines()[0][:100]})"
+    if not isinstance(state, dict) or state.get("kind") != "state":
+        return None, "not a fer-optuna run state"
+    saved, now = state.get("config", {}), cfg.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k != "provenance" and saved.get(k) != v]
+    if changed:
+        return None, f"saved by a run with another config ({', '.join(changed[:4])})"
+    if state.get("data") != data_key:
+        return None, "saved by a run on other data"
+    return state, ""
+
+
+def saved_epochs(path: Path) -> int:
+    """How many epochs the state at `path` holds (0 if none)."""
+    try:
+        return len(torch.load(path, map_location="cpu", weights_only=True)["history"])
+    except Exception:
+        return 0

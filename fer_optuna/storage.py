@@ -1,0 +1,198 @@
+"""The study storage: SQLite (one machine, no server) or PostgreSQL (many machines).
+
+Opening a storage makes it fit for many long-lived workers: SQLite in WAL mode with
+writes serialised, PostgreSQL with pre-pinged pooled connections, and every call
+retried while the database is away (a restart, a locked file). Errors say how to fix
+the URL, and no message ever shows a password.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .errors import FerOptError
+
+_log = logging.getLogger("fer_optuna.storage")
+_RDB = optuna.storages.RDBStorage
+DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
+
+
+def storage_url(url: str | None) -> str:
+    return url or os.environ.get("FER_OPT_STORAGE") or DEFAULT_STORAGE
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and log line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _heartbeat_seconds() -> int:
+    return int(os.environ.get("FER_OPT_HEARTBEAT", "10"))
+
+
+def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+    """An RDB storage fit for many long-lived workers; errors say how to fix the URL."""
+    import sqlalchemy.exc
+
+    url = storage_url(url)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets readers and the one writer work at once; the busy timeout makes
+        # writers queue instead of failing with "database is locked".
+        conn = sqlite3.connect(path, timeout=60)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        # PostgreSQL drops idle connections: pre-ping them; a worker needs few.
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            hb: dict[str, Any] = {}
+            if heartbeat:
+                beat = _heartbeat_seconds()
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+                hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
+            storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
+                          "port, database name and credentials (or FER_OPT_STORAGE)") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
+        raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
+                          "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
+    if storage.engine.dialect.name == "sqlite":
+        _serialize_sqlite_writes(storage.engine)
+    return storage
+
+
+def _retry_seconds() -> float:
+    return float(os.environ.get("FER_OPT_DB_RETRY_SECONDS", "300"))
+
+
+def _is_transient(error: BaseException | None) -> bool:
+    """A lost connection or a locked database somewhere in the exception's cause chain."""
+    import sqlalchemy.exc
+
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _retrying(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _is_transient(e):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _retry_seconds()
+                    _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
+                                 mask_url(self.url), type(e).__name__, _retry_seconds())
+                if now > deadline:
+                    raise FerOptError(f"lost the study storage {mask_url(self.url)} for over {_retry_seconds():.0f} s; "
+                                      "check that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)") from None
+                self.scoped_session.remove()  # drop the broken session; the next call reconnects
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    return call
+
+
+class RetryingRDBStorage(_RDB):
+    """Optuna's RDB storage that waits out a database restart instead of failing the worker.
+
+    Every storage call, the heartbeat's included, is retried with backoff while the
+    error is a lost connection (or a locked SQLite file); other errors pass through.
+    Pooled connections are pre-pinged, so the retry reconnects. The methods below are
+    the whole public storage API (a test checks that none is missing), then the private
+    ones that Optuna's own cache layer and heartbeat call directly
+    (optuna/storages/_cached_storage.py, _heartbeat.py).
+    """
+
+    create_new_study = _retrying(_RDB.create_new_study)
+    delete_study = _retrying(_RDB.delete_study)
+    set_study_user_attr = _retrying(_RDB.set_study_user_attr)
+    set_study_system_attr = _retrying(_RDB.set_study_system_attr)
+    get_study_id_from_name = _retrying(_RDB.get_study_id_from_name)
+    get_study_name_from_id = _retrying(_RDB.get_study_name_from_id)
+    get_study_directions = _retrying(_RDB.get_study_directions)
+    get_study_user_attrs = _retrying(_RDB.get_study_user_attrs)
+    get_study_system_attrs = _retrying(_RDB.get_study_system_attrs)
+    get_all_studies = _retrying(_RDB.get_all_studies)
+    create_new_trial = _retrying(_RDB.create_new_trial)
+    set_trial_param = _retrying(_RDB.set_trial_param)
+    get_trial_id_from_study_id_trial_number = _retrying(_RDB.get_trial_id_from_study_id_trial_number)
+    get_trial_number_from_id = _retrying(_RDB.get_trial_number_from_id)
+    get_trial_param = _retrying(_RDB.get_trial_param)
+    set_trial_state_values = _retrying(_RDB.set_trial_state_values)
+    set_trial_intermediate_value = _retrying(_RDB.set_trial_intermediate_value)
+    set_trial_user_attr = _retrying(_RDB.set_trial_user_attr)
+    set_trial_system_attr = _retrying(_RDB.set_trial_system_attr)
+    get_trial = _retrying(_RDB.get_trial)
+    get_all_trials = _retrying(_RDB.get_all_trials)
+    get_n_trials = _retrying(_RDB.get_n_trials)
+    get_best_trial = _retrying(_RDB.get_best_trial)
+    get_trial_params = _retrying(_RDB.get_trial_params)
+    get_trial_user_attrs = _retrying(_RDB.get_trial_user_attrs)
+    get_trial_system_attrs = _retrying(_RDB.get_trial_system_attrs)
+    record_heartbeat = _retrying(_RDB.record_heartbeat)
+    get_heartbeat_interval = _retrying(_RDB.get_heartbeat_interval)
+    get_heartbeat_stale_trial_callback = _retrying(_RDB.get_heartbeat_stale_trial_callback)
+    get_all_versions = _retrying(_RDB.get_all_versions)
+    get_current_version = _retrying(_RDB.get_current_version)
+
+    _get_stale_trial_ids = _retrying(_RDB._get_stale_trial_ids)
+    _get_trials = _retrying(_RDB._get_trials)
+    _create_new_trial = _retrying(_RDB._create_new_trial)
+    _set_trial_param = _retrying(_RDB._set_trial_param)
+    _get_best_trial_id = _retrying(_RDB._get_best_trial_id)
+
+
+def _serialize_sqlite_writes(engine) -> None:
+    """Make every SQLite transaction BEGIN IMMEDIATE.
+
+    SQLite ignores SELECT ... FOR UPDATE, and pysqlite opens no transaction
+    before a SELECT, so two workers could both read an enqueued trial as
+    WAITING and both run it. Taking the write lock at BEGIN makes Optuna's
+    read-check-write atomic; the busy timeout queues the workers.
+    (SQLAlchemy's documented pysqlite recipe.)
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks reconnect with them
