@@ -13,27 +13,27 @@ and the row or path; nothing is cached from a bad source.
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
-import gzip
 import hashlib
 import io
-import lzma
 import os
-import tarfile
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .errors import FerOptError
+from .streams import open_payload
 
 CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 SIDE = 48
 SPLITS = ("train", "val", "test")
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+USAGE_CODE = {u: i for i, u in enumerate(USAGE_TO_SPLIT)}
 FOLDER_TO_SPLIT = {"train": "train", "training": "train", "val": "val", "validation": "val",
                    "publictest": "val", "test": "test", "privatetest": "test"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -43,12 +43,9 @@ VAL_FRACTION = 0.1
 # A valid row is under 10 kB (2304 values of at most 3 digits); anything far
 # longer is a broken or hostile file, refused before it is parsed.
 MAX_LINE_BYTES = 64 * 1024
+CSV_BLOCK_BYTES = 4 << 20  # about 500 rows: the parser's working memory is a few times this
+WHITESPACE = np.frombuffer(b" \t\r\n", np.uint8)
 MAX_IMAGE_PIXELS = 4096 * 4096
-
-
-def max_input_bytes() -> int:
-    """Decompressed-size ceiling (zip bombs); the full FER2013 CSV is 300 MB."""
-    return int(float(os.environ.get("FER_OPT_MAX_INPUT_MB", "2048")) * 2**20)
 
 
 @dataclass(frozen=True)
@@ -74,100 +71,119 @@ class FerData:
         return {s: np.bincount(self.labels[s], minlength=len(CLASSES)) for s in SPLITS if s in self.labels}
 
 
-# --------------------------------------------------------------------------- reading bytes
-
-
-def _read_capped(stream, name: str) -> bytes:
-    limit = max_input_bytes()
-    try:
-        data = stream.read(limit + 1)
-    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError) as e:
-        raise FerOptError(f"{name}: cannot decompress ({e}); is the file complete?") from None
-    if len(data) > limit:
-        raise FerOptError(
-            f"{name}: decompresses to more than {limit // 2**20} MB; this is not a FER2013 file "
-            "(raise FER_OPT_MAX_INPUT_MB if it really is)"
-        )
-    return data
-
-
-def _unwrap(raw: bytes, name: str) -> tuple[str, bytes]:
-    """Peel compression and archives off `raw`; return ('csv' | 'npz', payload)."""
-    for magic, opener in ((b"\x1f\x8b", gzip.open), (b"\xfd7zXZ\x00", lzma.open), (b"BZh", bz2.open)):
-        if raw.startswith(magic):
-            return _unwrap(_read_capped(opener(io.BytesIO(raw)), name), name)
-    if raw.startswith(b"PK\x03\x04"):
-        try:
-            archive = zipfile.ZipFile(io.BytesIO(raw))
-            members = archive.namelist()
-        except zipfile.BadZipFile as e:
-            raise FerOptError(f"{name}: not a readable zip archive ({e})") from None
-        if members and all(m.endswith(".npy") for m in members):
-            return "npz", raw
-        csvs = [m for m in members if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
-        if len(csvs) != 1:
-            raise FerOptError(f"{name}: expected one .csv file inside the zip archive, found {len(csvs)}")
-        with archive.open(csvs[0]) as member:
-            return "csv", _read_capped(member, f"{name}:{csvs[0]}")
-    if len(raw) > 262 and raw[257:262] == b"ustar":
-        # Members are read in memory, never extracted, so a hostile path cannot escape.
-        with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
-            csvs = [m for m in archive.getmembers() if m.isfile() and m.name.lower().endswith(".csv")]
-            if len(csvs) != 1:
-                raise FerOptError(f"{name}: expected one .csv file inside the tar archive, found {len(csvs)}")
-            return "csv", _read_capped(archive.extractfile(csvs[0]), f"{name}:{csvs[0].name}")
-    return "csv", raw
-
-
 # --------------------------------------------------------------------------- CSV
 
 
-def _parse_csv(text: bytes, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if not text.strip():
+def _parse_csv(stream: BinaryIO, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The Kaggle CSV, read a block of rows at a time by pandas' C parser, so that memory stays bounded
+    (a few blocks and the images) whatever the file's size; every row is checked as strictly as one by one."""
+    header_line = stream.readline(MAX_LINE_BYTES + 1).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if not header_line.strip() and not stream.peek(MAX_LINE_BYTES)[:MAX_LINE_BYTES].strip():
         raise FerOptError(f"{name}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
-    buf = np.frombuffer(text, np.uint8)
-    newlines = np.flatnonzero(buf == 10)
-    line_ends = np.append(newlines, len(buf))
-    line_lengths = np.diff(np.concatenate(([-1], line_ends)))
-    if line_lengths.max() > MAX_LINE_BYTES:
-        line = int(np.argmax(line_lengths)) + 1
-        raise FerOptError(
-            f"{name}, line {line}: {int(line_lengths.max())} bytes long; a FER2013 row is under 10 kB"
-        )
-    lines = text.decode("utf-8", errors="replace").splitlines()
-    header = [h.strip().strip('"').lower() for h in lines[0].split(",")]
+    if len(header_line) > MAX_LINE_BYTES:
+        raise FerOptError(f"{name}, line 1: over {MAX_LINE_BYTES} bytes long; a FER2013 row is under 10 kB")
+    text = header_line.decode("utf-8", errors="replace").strip()
+    header = [h.strip().strip('"').lower() for h in text.split(",")]
     if "emotion" not in header or "pixels" not in header:
-        raise FerOptError(
-            f"{name}, line 1: header is {lines[0][:80]!r}; expected the columns emotion,pixels,Usage "
-            "(Usage may be absent)"
-        )
-    col = {h: i for i, h in enumerate(header)}
-    rows = [(n, line.split(",")) for n, line in enumerate(lines[1:], start=2) if line.strip()]
-    if not rows:
-        raise FerOptError(f"{name}: has a header but no data rows")
-    labels, pixels, usages = [], [], []
-    for n, cells in rows:
-        if len(cells) != len(header):
-            raise FerOptError(f"{name}, line {n}: {len(cells)} fields, expected {len(header)} ({','.join(header)})")
-        emotion = cells[col["emotion"]].strip().strip('"')
-        if not (emotion.isdigit() and int(emotion) < len(CLASSES)):
-            raise FerOptError(f"{name}, line {n}: emotion is {emotion!r}; expected an integer 0-6")
-        labels.append(int(emotion))
-        pixels.append(cells[col["pixels"]].strip().strip('"'))
-        usage = cells[col["usage"]].strip().strip('"') if "usage" in col else "Training"
-        if usage not in USAGE_TO_SPLIT:
-            raise FerOptError(
-                f"{name}, line {n}: Usage is {usage!r}; expected Training, PublicTest or PrivateTest"
-            )
-        usages.append(usage)
-    line_numbers = np.array([n for n, _ in rows])
-    images = _parse_pixels(pixels, line_numbers, name)
-    labels_arr, usage_arr = np.array(labels, np.int64), np.array(usages)
-    return {
-        USAGE_TO_SPLIT[u]: (images[usage_arr == u], labels_arr[usage_arr == u])
-        for u in USAGE_TO_SPLIT
-        if (usage_arr == u).any()
-    }
+        raise FerOptError(f"{name}, line 1: header is {text[:80]!r}; expected the columns emotion,pixels,Usage "
+                          "(Usage may be absent)")
+    rows = _CsvRows(name, header)
+    line, carry = 2, b""
+    while True:
+        chunk = stream.read(CSV_BLOCK_BYTES)
+        block, carry = carry + chunk, b""
+        if chunk:  # keep the last, unfinished line for the next block
+            cut = block.rfind(b"\n") + 1
+            block, carry = block[:cut], block[cut:]
+            if len(carry) > MAX_LINE_BYTES:
+                unfinished = line + block.count(b"\n")
+                raise FerOptError(f"{name}, line {unfinished}: over {MAX_LINE_BYTES} bytes long; a FER2013 row is under 10 kB")
+        if block:
+            line = rows.add(block, line)
+        if not chunk:
+            break
+    return rows.splits()
+
+
+def _per_line(mask: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """How many of the marked bytes fall in each line (the lines end at `ends`)."""
+    marked = np.concatenate(([0], np.cumsum(mask)))
+    return np.diff(marked[ends], prepend=0)
+
+
+class _CsvRows:
+    """The rows parsed so far, block by block, with the file's line numbers for every message."""
+
+    def __init__(self, name: str, header: list[str]):
+        self.name, self.header = name, header
+        self.col = {h: i for i, h in enumerate(header)}
+        self.images: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.usages: list[np.ndarray] = []
+
+    def fail(self, line: int, what: str) -> FerOptError:
+        return FerOptError(f"{self.name}, line {line}: {what}")
+
+    def add(self, block: bytes, first_line: int) -> int:
+        """Parse the whole lines in `block`, the first of which is line `first_line`; returns the next line's number."""
+        import pandas as pd
+
+        buf = np.frombuffer(block, np.uint8)
+        ends = np.flatnonzero(buf == 10)
+        if not len(ends) or ends[-1] != len(buf) - 1:  # the file's last line, without a newline
+            ends = np.append(ends, len(buf))
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        lines = first_line + np.arange(len(ends))
+        long = np.flatnonzero(ends - starts + 1 > MAX_LINE_BYTES)
+        if len(long):
+            k = long[0]
+            raise self.fail(lines[k], f"{ends[k] - starts[k] + 1} bytes long; a FER2013 row is under 10 kB")
+        blank = _per_line(~np.isin(buf, WHITESPACE), ends) == 0
+        fields = _per_line(buf == ord(","), ends) + 1
+        wrong = np.flatnonzero(~blank & (fields != len(self.header)))
+        if len(wrong):
+            k = wrong[0]
+            raise self.fail(lines[k], f"{fields[k]} fields, expected {len(self.header)} ({','.join(self.header)})")
+        try:
+            frame = pd.read_csv(io.BytesIO(block), header=None, names=range(len(self.header)), index_col=False,
+                                dtype=str, keep_default_na=False, skip_blank_lines=False, engine="c",
+                                encoding="utf-8", encoding_errors="replace")
+        except (pd.errors.ParserError, ValueError) as e:
+            where = re.search(r"(?:line|row) (\d+)", str(e))
+            line = lines[0] + int(where.group(1)) if where else lines[0]
+            raise self.fail(line, f"cannot be read as CSV ({str(e).strip().splitlines()[-1][:120]})") from None
+        if len(frame) != len(lines):
+            raise self.fail(lines[0], "a quoted field runs over several lines; a FER2013 row is one line")
+        keep = ~blank
+        frame, lines = frame[keep], lines[keep]
+        if not len(frame):
+            return first_line + len(ends)
+        emotion = self.cell(frame, "emotion")
+        digits = emotion.str.fullmatch("[0-9]{1,9}").to_numpy(bool)
+        labels = np.where(digits, pd.to_numeric(emotion.where(digits, "99")), 99)
+        usage = self.cell(frame, "usage") if "usage" in self.col else pd.Series("Training", index=frame.index)
+        known = usage.isin(list(USAGE_TO_SPLIT)).to_numpy(bool)
+        bad = np.flatnonzero((labels >= len(CLASSES)) | ~known)
+        if len(bad):
+            k = bad[0]
+            if labels[k] >= len(CLASSES):
+                raise self.fail(lines[k], f"emotion is {emotion.iloc[k]!r}; expected an integer 0-6")
+            raise self.fail(lines[k], f"Usage is {usage.iloc[k]!r}; expected Training, PublicTest or PrivateTest")
+        self.images.append(_parse_pixels(self.cell(frame, "pixels").tolist(), lines, self.name))
+        self.labels.append(labels.astype(np.int64))
+        self.usages.append(usage.map(USAGE_CODE).to_numpy(np.uint8))
+        return first_line + len(ends)
+
+    def cell(self, frame, column: str):
+        return frame[self.col[column]].str.strip().str.strip('"')
+
+    def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if not self.labels:
+            raise FerOptError(f"{self.name}: has a header but no data rows")
+        images, labels, usage = (np.concatenate(a) for a in (self.images, self.labels, self.usages))
+        self.images.clear()  # one copy of the images at a time
+        return {USAGE_TO_SPLIT[u]: (images[usage == c], labels[usage == c])
+                for u, c in USAGE_CODE.items() if (usage == c).any()}
 
 
 # Byte classes for the pixel parser: 0 a digit, 1 a separator, 2 anything else.
@@ -223,9 +239,9 @@ def _parse_pixels(pixels: list[str], line_numbers: np.ndarray, name: str) -> np.
 # --------------------------------------------------------------------------- npz
 
 
-def _parse_npz(raw: bytes, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _parse_npz(stream: BinaryIO, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+        with np.load(stream, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise FerOptError(f"{name}: not a readable .npz file ({e})") from None
@@ -416,9 +432,8 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerD
     if files is not None:
         splits = _parse_folder(path, files, resize)
     else:
-        with open(path, "rb") as f:
-            kind, payload = _unwrap(_read_capped(f, str(path)), str(path))
-        splits = _parse_npz(payload, str(path)) if kind == "npz" else _parse_csv(payload, str(path))
+        with open_payload(path) as (kind, stream, name):
+            splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
     # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
     splits, notes = _carve_val(splits)
     data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes)

@@ -51,6 +51,62 @@ def test_compressed_and_archived_csv_give_the_same_arrays(three_split_csv, tmp_p
         assert (plain.labels[split] == packed.labels[split]).all()
 
 
+@pytest.mark.parametrize("variant", ["quoted", "crlf", "no_final_newline", "bom", "whitespace", "blank_lines",
+                                     "header_case", "no_usage"])
+def test_csv_variants_people_write_read_the_same(three_split_csv, tmp_path, variant):
+    header, *rows = three_split_csv.read_text().splitlines()
+    if variant == "no_usage":  # a Training-only file without the column
+        rows = [r.rsplit(",", 1)[0] for r in rows if r.endswith(",Training")]
+        header = "emotion,pixels"
+    edit = {
+        "quoted": lambda r: '{},"{}",{}'.format(*r.split(",")),  # as pandas' to_csv(quoting=ALL) writes it
+        "whitespace": lambda r: " {} , {} ,  {} ".format(*r.split(",")),
+    }.get(variant, lambda r: r)
+    rows = [edit(r) for r in rows]
+    if variant == "quoted":
+        header = '"emotion","pixels","Usage"'
+    if variant == "header_case":
+        header = "Emotion, Pixels ,USAGE"
+    if variant == "blank_lines":
+        rows = ["", *rows[:5], "   ", *rows[5:], "", ""]
+    newline = "\r\n" if variant == "crlf" else "\n"
+    text = newline.join([header, *rows]) + ("" if variant == "no_final_newline" else newline)
+    path = tmp_path / f"{variant}.csv"
+    path.write_bytes((b"\xef\xbb\xbf" if variant == "bom" else b"") + text.encode())
+    plain, other = data.load(three_split_csv), data.load(path)
+    if variant == "no_usage":  # all Training: a val split is carved from it, and says so
+        assert len(other.labels["train"]) + len(other.labels["val"]) == 21 and "carved" in other.notes[0]
+        return
+    for split in data.SPLITS:
+        assert (plain.images[split] == other.images[split]).all() and (plain.labels[split] == other.labels[split]).all()
+
+
+def test_rows_spanning_parse_blocks_keep_their_line_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CSV_BLOCK_BYTES", 20_000)  # a block ends in the middle of every third row
+    rows = synthetic_rows({"Training": 40, "PublicTest": 7})
+    path = write_csv(tmp_path / "many.csv", rows)
+    loaded = data.load(path, use_cache=False)
+    assert len(loaded.labels["train"]) == 40 and len(loaded.labels["val"]) == 7
+    rows[29] = rows[29].replace(",Training", ",Validation")
+    with pytest.raises(FerOptError, match=r"many\.csv, line 31: Usage is 'Validation'"):
+        data.load(write_csv(tmp_path / "many.csv", rows), use_cache=False)
+
+
+def test_archives_with_no_or_two_csvs_say_so(three_split_csv, tmp_path):
+    for count in (0, 2):
+        target = tmp_path / f"fer-{count}.tar.gz"
+        with tarfile.open(target, "w:gz") as t:
+            for i in range(count):
+                t.add(three_split_csv, arcname=f"fer2013/part{i}.csv")
+            t.add(three_split_csv, arcname="fer2013/README")
+        with pytest.raises(FerOptError, match=f"expected one .csv file inside the tar archive, found {count}"):
+            data.load(target)
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(gzip.compress(three_split_csv.read_bytes())[:5000])
+    with pytest.raises(FerOptError, match=r"cut\.csv\.gz: cannot decompress"):
+        data.load(truncated)
+
+
 def test_npz_and_npz_xz(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (10, 48, 48), dtype=np.uint8)
