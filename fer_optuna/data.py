@@ -316,7 +316,7 @@ def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
     return found
 
 
-def _parse_folder(root: Path, files: dict[str, list[tuple[Path, int]]], resize: bool):
+def _parse_folder(files: dict[str, list[tuple[Path, int]]], resize: bool):
     return {
         split: (
             np.stack([read_image(p, resize) for p, _ in entries]),
@@ -404,7 +404,10 @@ def _load_cache(target: Path, source: str) -> FerData | None:
 
 def cache_path(path: str | Path, resize: bool = False) -> Path:
     path = _check_exists(path)
-    files = _folder_files(path) if path.is_dir() else None
+    return _cache_file(path, _folder_files(path) if path.is_dir() else None, resize)
+
+
+def _cache_file(path: Path, files: dict | None, resize: bool) -> Path:
     return cache_dir() / f"{_source_key(path, files, resize)}.npz"
 
 
@@ -424,13 +427,13 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerD
     files = _folder_files(path) if path.is_dir() else None
     if path.is_file() and path.stat().st_size == 0:
         raise FerOptError(f"{path}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
-    target = cache_dir() / f"{_source_key(path, files, resize)}.npz"
+    target = _cache_file(path, files, resize)
     if use_cache and target.exists():
         cached = _load_cache(target, str(path))
         if cached is not None:
             return cached
     if files is not None:
-        splits = _parse_folder(path, files, resize)
+        splits = _parse_folder(files, resize)
     else:
         with open_payload(path) as (kind, stream, name):
             splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)

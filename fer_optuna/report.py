@@ -15,13 +15,12 @@ from optuna.trial import TrialState
 from . import data as fer_data
 from . import checkpoints, metrics, trainer
 from .errors import FerOptError
-from .study import StudySpec, comparison, format_comparison, provenance, study_file_text
+from .study import StudySpec, comparison, format_comparison, provenance, ranked, study_file_text
 
 
 def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
     """The `top` best complete trials whose best checkpoint is on this machine."""
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
-    with_ckpt = [t for t in complete if Path(t.user_attrs.get("checkpoint", "")).is_file()]
+    with_ckpt = [t for t in ranked(study) if Path(t.user_attrs.get("checkpoint", "")).is_file()]
     if not with_ckpt:
         raise FerOptError(f"study {study.study_name!r} has no complete trial with a checkpoint on this machine; "
                           "workers write them to --checkpoint-dir (default studies/checkpoints)")
@@ -88,9 +87,9 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
         plots.insert(2, ("Parameter importances", vis.plot_param_importances))
     for i, (title, plot) in enumerate(plots):
         sections += [f"<h2>{title}</h2>", _figure_html(plot(study), first=i == 0)]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = ranked(study)
     if complete:
-        best = max(complete, key=lambda t: t.value)
+        best = complete[0]
         sections += [f"<h2>Best trial: {best.number}, val accuracy {best.value:.4f}</h2>",
                      _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
         ckpt = Path(best.user_attrs.get("checkpoint", ""))

@@ -285,6 +285,11 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     return study, True
 
 
+def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials, best first: what status, export, ensembles and the report choose from."""
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
+
+
 def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
@@ -293,8 +298,7 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     hours = 0.0
     if done and started:
         hours = (max(t.datetime_complete for t in done) - min(started)).total_seconds() / 3600
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = next(iter(ranked(study)), None)
     return {
         "study": study.study_name,
         "budget": spec.n_trials,
@@ -319,13 +323,13 @@ def comparison(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
     """What the search bought: the best trial against the study file's first enqueued configuration
     (the original's), both trained the same way, and what pruning saved. None before both exist."""
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    complete = ranked(study)
     baseline = spec.enqueue[0] if spec.enqueue else None
     original = next((t for t in trials if t.state in FINISHED and baseline is not None
                      and all(t.params.get(k) == v for k, v in baseline.items())), None)
     if not complete or original is None:
         return None
-    best = max(complete, key=lambda t: t.value)
+    best = complete[0]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     finished = [t for t in trials if t.state in FINISHED]
 
@@ -382,8 +386,7 @@ def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -
 
 def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "") -> list[Path]:
     """Write the `top` best trials' full training configs, readable by `fer-opt train --config`."""
-    complete = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-                      key=lambda t: t.value, reverse=True)
+    complete = ranked(study)
     if not complete:
         raise FerOptError(f"study {study.study_name!r} has no complete trial yet; run 'fer-opt worker' first")
     out = Path(out)

@@ -68,7 +68,7 @@ def resolve_device(spec: str | None = None) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise FerOptError(f"device {spec!r} asked for, but CUDA is not available here; use the CPU (cpu)")
+            raise FerOptError(f"device {spec!r} asked for, but CUDA is not available here; run on the CPU instead (cpu)")
         if (device.index or 0) >= torch.cuda.device_count():
             raise FerOptError(f"device {spec!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     return device

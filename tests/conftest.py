@@ -7,9 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fer_optuna.config import FIELDS
+from fer_optuna.study import SPEC_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SAMPLE_CSV = SHARED / "fer2013-sample.csv.xz"
+TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 FULL_NPZ = SHARED / "fer2013.npz.xz"
 
 
@@ -26,6 +30,27 @@ def sample_csv() -> Path:
     if not SAMPLE_CSV.exists():
         pytest.fail(f"{SAMPLE_CSV} is missing: the tests need ../shared/data beside the checkout (or FER_SHARED_DATA)")
     return SAMPLE_CSV
+
+
+def tiny_study(path: Path, **changes) -> Path:
+    """tests/studies/tiny.yaml with some keys changed (a dict for train/final/pruner merges into the file's), at `path`.
+
+    Edited as data, not as text: a key the study file does not have is refused, so a test can
+    never think it changed something it did not.
+    """
+    import yaml
+
+    spec = yaml.safe_load(TINY.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            unknown = set(value) - set(spec[key]) - set(FIELDS if key in ("train", "final") else ())
+            assert not unknown, f"tiny.yaml's {key} has no {unknown}"
+            spec[key] = {**spec[key], **value}
+        else:
+            assert key in spec or key in SPEC_KEYS, f"{key} is not a study-file key"
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 def synthetic_rows(n_per_usage: dict[str, int], seed: int = 0) -> list[str]:

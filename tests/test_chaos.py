@@ -8,21 +8,21 @@ import signal
 import time
 
 import optuna
+import yaml
 import pytest
 from optuna.trial import TrialState
 
-from conftest import fer_opt
+from conftest import TINY, fer_opt, tiny_study
 from fer_optuna import storage as fer_storage
-from test_workers import TINY, start_worker
+from test_workers import start_worker
 
 pytestmark = pytest.mark.slow
 BUDGET, WORKERS, KILLS = 28, 4, 6
 
 
 def test_chaos(storage_url, tmp_path, sample_csv, request):
-    spec = tmp_path / "chaos.yaml"
-    spec.write_text(TINY.read_text().replace("n_trials: 8", f"n_trials: {BUDGET}").replace("epochs: 3", "epochs: 4")
-                    .replace("choices: [32, 64, 128]", "choices: [64, 128]"))
+    space = {**yaml.safe_load(TINY.read_text())["search_space"], "batch_size": {"type": "categorical", "choices": [64, 128]}}
+    spec = tiny_study(tmp_path / "chaos.yaml", n_trials=BUDGET, train={"epochs": 4}, search_space=space)
     fer_opt("create-study", "--config", spec, "--storage", storage_url, "--data", sample_csv)
     args = ("--checkpoint-dir", str(tmp_path / "ckpt"))
     env = {"FER_OPT_HEARTBEAT": "1"}

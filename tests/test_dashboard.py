@@ -10,10 +10,9 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, fer_opt
+from conftest import ROOT, TINY, fer_opt
 
 pytestmark = pytest.mark.slow
-TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 
 
 def _chromium() -> str:

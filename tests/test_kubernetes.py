@@ -9,8 +9,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import ROOT, fer_opt
-from test_workers import TINY
+from conftest import ROOT, fer_opt, tiny_study
 
 K8S = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -141,8 +140,7 @@ def test_a_worker_pods_command_and_environment_run_a_trial(postgres, tmp_path, s
 
     env = pod_env(worker)
     shutil.copy(sample_csv, env["FER_OPT_DATA"])
-    one = tmp_path / "one.yaml"
-    one.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 1"))
+    one = tiny_study(tmp_path / "one.yaml", n_trials=1)
     create = _container("Job", "create-study")["args"]
     fer_opt(*create[:create.index("--config") + 1], one, *create[create.index("--config") + 2:],
             env=pod_env(_container("Job", "create-study")))

@@ -13,19 +13,18 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, fer_opt
+from conftest import ROOT, TINY, fer_opt, tiny_study
 from fer_optuna import storage as fer_storage
 from fer_optuna.errors import FerOptError
 from pgserver import PASSWORD
-from test_workers import TINY, start_worker, wait_for
+from test_workers import start_worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 def test_workers_survive_a_postgres_restart_mid_study(postgres, tmp_path, sample_csv):
     url = postgres.new_database()
-    spec = tmp_path / "six.yaml"
-    spec.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 6").replace("epochs: 3", "epochs: 6"))
+    spec = tiny_study(tmp_path / "six.yaml", n_trials=6, train={"epochs": 6})
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     env = {"FER_OPT_HEARTBEAT": "2"}
     procs = [start_worker(url, tmp_path / f"w{i}.log", env=env) for i in range(2)]
@@ -89,7 +88,8 @@ def test_storage_copy_sqlite_to_postgres_and_back(postgres, tmp_path):
         assert copied.user_attrs == study.user_attrs
         assert [(t.number, t.state, t.value, t.params, t.user_attrs, t.intermediate_values) for t in copied.trials] == \
                [(t.number, t.state, t.value, t.params, t.user_attrs, t.intermediate_values) for t in study.trials]
-    assert "8/8" not in fer_opt("status", "--storage", pg).stdout
+    status = fer_opt("status", "--storage", pg).stdout
+    assert "trials: 2 complete, 0 pruned" in status and "(2/8 of the budget)" in status
     again = fer_opt("storage", "copy", "--from", sqlite, "--to", pg, check=False)
     assert again.returncode == 2 and "already has a study 'tiny'" in again.stderr and PASSWORD not in again.stderr
 

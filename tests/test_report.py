@@ -9,21 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, fer_opt
+from conftest import fer_opt, tiny_study
 from fer_optuna import checkpoints, data, worker
 from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from test_dashboard import _browser, _chromium
 
 pytestmark = pytest.mark.slow
-TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 
 
 @pytest.fixture
 def finished_study(tmp_path, sample_csv):
-    spec_file = tmp_path / "four.yaml"
-    spec_file.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 4").replace("type: median", "type: none")
-                         .replace(", n_startup_trials: 2, n_warmup_steps: 0", "").replace("epochs: 3", "epochs: 2"))
+    spec_file = tiny_study(tmp_path / "four.yaml", n_trials=4, pruner={"type": "none"}, train={"epochs": 2})
     url = f"sqlite:///{tmp_path}/s.db"
     fer_study.create(spec_file, url, data=str(sample_csv))
     study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))

@@ -2,13 +2,12 @@
 import optuna
 import pytest
 
-from conftest import ROOT, fer_opt
+from conftest import ROOT, TINY, fer_opt, tiny_study
 from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from fer_optuna.config import load_config
 from fer_optuna.errors import FerOptError
 
-TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")) + [TINY], ids=lambda p: p.name)
@@ -71,7 +70,7 @@ def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
     again, new = fer_study.create(TINY, url, data=str(sample_csv), skip_if_exists=True)
     assert not new and len(again.trials) == 1, "the baseline trial is enqueued once"
     other = tmp_path / "other.yaml"
-    other.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 9"))
+    tiny_study(other, n_trials=9)
     with pytest.raises(FerOptError, match="different study file; pass --replace"):
         fer_study.create(other, url, data=str(sample_csv), skip_if_exists=True)
     replaced, new = fer_study.create(other, url, data=str(sample_csv), replace=True)

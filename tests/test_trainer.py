@@ -97,11 +97,20 @@ def test_flip_only_flips():
     assert 0 < same.sum() < 64
 
 
-def _tiny_data(n=64, seed=0):
-    rng = np.random.default_rng(seed)
+def _faces(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic classes that every pixel pipeline keeps apart: class c is a bright band at row 2 + 6c on noise.
+    (Not a brightness per class: histogram equalisation erases that, and a model would learn nothing.)"""
     labels = np.arange(n) % 7
-    images = rng.integers(0, 60, (n, 48, 48), dtype=np.uint8) + (labels[:, None, None] * 25).astype(np.uint8)
-    return data.FerData({"train": images, "val": images[:21]}, {"train": labels, "val": labels[:21]}, "tiny")
+    images = rng.integers(0, 120, (n, 48, 48)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 + 6 * c: 10 + 6 * c, 14:34] += 120
+    return images, labels
+
+
+def _tiny_data(n=224, seed=0):
+    rng = np.random.default_rng(seed)
+    (train, train_labels), (val, val_labels) = _faces(n, rng), _faces(70, rng)
+    return data.FerData({"train": train, "val": val}, {"train": train_labels, "val": val_labels}, "tiny")
 
 
 def test_seeded_training_is_reproducible_on_cpu():
@@ -121,7 +130,7 @@ def test_training_options_run_and_learn_something(options):
     cfg = TrainConfig(model="cnn_small", epochs=3, batch_size=16, lr=3e-3, **options)
     result = trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), log=None)
     assert result.epochs_run == 3 and result.history[-1].lr >= 0
-    assert result.best_val_acc > 1 / 7
+    assert result.best_val_acc > 0.6, "chance is 1/7; each of these learns the bands in 3 epochs"
 
 
 def test_ema_decay_warms_up_so_early_averages_follow_the_model():

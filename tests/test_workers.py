@@ -15,13 +15,12 @@ import torch
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, fer_opt, fer_opt_interrupted
+from conftest import ROOT, TINY, fer_opt, fer_opt_interrupted, tiny_study
 from fer_optuna import checkpoints
 from fer_optuna import storage as fer_storage
 from fer_optuna import study as fer_study
 from fer_optuna.config import load_config
 
-TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 pytestmark = pytest.mark.slow
 
 
@@ -110,7 +109,7 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
 
 def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
-    spec.write_text(TINY.read_text().replace("epochs: 3", "epochs: 12").replace("n_trials: 8", "n_trials: 2"))
+    tiny_study(spec, train={"epochs": 12}, n_trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     victim = start_worker(url, tmp_path / "victim.log")
@@ -134,7 +133,7 @@ def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
 
 def test_sigterm_requeues_the_running_trial_and_exits_143(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
-    spec.write_text(TINY.read_text().replace("epochs: 3", "epochs: 50"))
+    tiny_study(spec, train={"epochs": 50})
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     proc = start_worker(url, tmp_path / "w.log")
@@ -187,7 +186,7 @@ def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
 
 def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
     spec = tmp_path / "two.yaml"
-    spec.write_text(TINY.read_text().replace("n_trials: 8", "n_trials: 2"))
+    tiny_study(spec, n_trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
@@ -244,9 +243,8 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
-    spec = tmp_path / "tiny.yaml"  # a proxy of 200 images; the final fit takes them all, for 4 epochs
-    spec.write_text(TINY.read_text().replace("train: {model: cnn3, epochs: 3, seed: 0, equalize: false}", (
-        "train: {model: cnn3, epochs: 3, seed: 0, equalize: false, train_subset: 200}\nfinal: {train_subset: 0, epochs: 4}")))
+    # A proxy of 200 images; the final fit takes them all, for 4 epochs.
+    spec = tiny_study(tmp_path / "tiny.yaml", train={"train_subset": 200}, final={"train_subset": 0, "epochs": 4})
     args = ("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
             "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt")
     out = fer_opt(*args).stdout
