@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fer_optuna import checkpoints, data, trainer  # noqa: E402
+from fer_optuna import checkpoints, data, inference, trainer  # noqa: E402
 from fer_optuna.config import TrainConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -33,13 +33,13 @@ def scores(model_file: Path, editions: dict, device: torch.device, smooth: float
     model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_file), device)
     if smooth is not None:
         cfg = cfg.replace(smooth=smooth)
-    bf16 = trainer.inference_bf16(precision)
+    bf16 = inference.inference_bf16(precision)
     row = {"model": str(model_file), "equalize": cfg.equalize, "smooth": cfg.smooth, "precision": precision}
     for name, (images, labels) in editions.items():
-        split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
+        split = inference.to_device(images, labels, device, pipeline=cfg.pixels)
         for tta in ttas:
             start = time.perf_counter()
-            row[f"{name}{' TTA' if tta else ''}"] = round(trainer.evaluate(model, split, bf16, tta, cfg.crop)[1], 4)
+            row[f"{name}{' TTA' if tta else ''}"] = round(inference.evaluate(model, split, bf16, tta, cfg.crop)[1], 4)
             row[f"{name}{' TTA' if tta else ''} seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=[], type=Path, help="checkpoints to evaluate")
     parser.add_argument("--smooth", nargs="*", type=float, default=[None],
                         help="evaluate each model under each of these low-pass sigmas instead of its own")
-    parser.add_argument("--precision", nargs="*", default=["fp32"], choices=trainer.INFERENCE_PRECISIONS,
+    parser.add_argument("--precision", nargs="*", default=["fp32"], choices=inference.INFERENCE_PRECISIONS,
                         help="evaluate each model in each of these precisions")
     parser.add_argument("--no-tta", action="store_true", help="plain accuracy only (10-crop TTA is 10x the work)")
     parser.add_argument("--train-cnn3", action="store_true", help="train the default cnn3 config with equalize on and off")

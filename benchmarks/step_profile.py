@@ -22,7 +22,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fer_optuna import trainer  # noqa: E402
+from fer_optuna import inference, trainer  # noqa: E402
 from fer_optuna.config import TrainConfig  # noqa: E402
 from fer_optuna.models import build_model  # noqa: E402
 
@@ -42,7 +42,7 @@ def main() -> None:
     cfg = TrainConfig(model=args.model, batch_size=args.batch_size)
     rng = np.random.default_rng(0)
     n = args.steps * args.batch_size  # synthetic faces: the step's cost does not depend on the pixels
-    split = trainer.to_device(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), device)
+    split = inference.to_device(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, 7, n), device)
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
     bf16 = trainer.use_bf16(cfg.precision, device)
     run = trainer.Run(model, trainer.make_optimizer(cfg, model, device), None, False, None,

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fer_optuna import augment, data, trainer  # noqa: E402
+from fer_optuna import augment, data, inference, trainer  # noqa: E402
 from fer_optuna.config import TrainConfig  # noqa: E402
 from fer_optuna.models import build_model  # noqa: E402
 
@@ -70,7 +70,7 @@ def best_images_per_s(epochs: list, n: int, device: torch.device, rounds: int) -
 def ours(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, device: torch.device, n: int,
          compile_mode: str = "none"):
     """An epoch of trainer.train_epoch over the first n images."""
-    split = trainer.to_device(images[:n], labels[:n], device)
+    split = inference.to_device(images[:n], labels[:n], device)
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width).to(device, memory_format=torch.channels_last)
     if compile_mode != "none":
         model = torch.compile(model, mode=compile_mode)

@@ -69,7 +69,7 @@ def pixel_pipeline(x_u8: torch.Tensor, pipeline: PixelPipeline) -> torch.Tensor:
 def degraded_copies(images: np.ndarray, seed: int) -> np.ndarray:
     """A degraded copy of each uint8 (N, H, W) image, made the way circulating editions of FER2013 were.
 
-    One such edition (../shared/data/README.md) is the original faces through JPEG, a contrast
+    One such edition (the "processed" one) is the original faces through JPEG, a contrast
     stretch saturating at 255 and per-image equalisation, then JPEG again. The VGG trained on the
     original pixels alone scored 3.4 points less on that edition's PublicTest than on the
     original's: equalisation undoes the stretch, but not the saturated highlights or the JPEG

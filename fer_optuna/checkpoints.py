@@ -128,9 +128,9 @@ def load_state(path: Path, cfg: TrainConfig, data_key: str) -> tuple[dict | None
     return state, ""
 
 
-def saved_epochs(path: Path) -> int:
-    """How many epochs the state at `path` holds (0 if none)."""
+def saved_history(path: Path) -> list[dict]:
+    """The epochs (EpochStats as dicts) the state at `path` holds; none if there is no readable state."""
     try:
-        return len(torch.load(path, map_location="cpu", weights_only=True)["history"])
+        return torch.load(path, map_location="cpu", weights_only=True)["history"]
     except Exception:
-        return 0
+        return []

@@ -10,6 +10,8 @@ import click
 
 from .errors import FerOptError
 
+ARTIFACTS_HELP = ("Artifact store for each trial's checkpoint, run state and figures: a folder, or s3://BUCKET/PREFIX "
+                  "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 DEVICE_OPTION = click.option("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N.")
 STUDY_OPTION = click.option("--study", "study_name", help="Study name [default: the storage's only study].")
 PRECISION_OPTION = click.option(
@@ -149,13 +151,13 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
     from . import data as fer_data
-    from . import checkpoints, metrics, trainer
+    from . import checkpoints, inference, metrics, trainer
 
     dev = trainer.resolve_device(device)
     model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
-    split_data = trainer.to_device(images, labels, dev, pipeline=cfg.pixels)
-    _, _, probs = trainer.evaluate(model, split_data, trainer.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
+    split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
+    _, _, probs = inference.evaluate(model, split_data, inference.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
     rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
     rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
     if plot:
@@ -238,15 +240,22 @@ def _open_study(storage: str | None, name: str | None):
 @click.option("--data", help="Data path stored with the study [default: FER_OPT_DATA, else the study file's data:].")
 @click.option("--skip-if-exists", is_flag=True, help="Succeed if the same study (same study file) already exists.")
 @click.option("--replace", is_flag=True, help="Delete an existing study of that name, trials included, and start over.")
-def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> None:
-    """Create a study from a study file; workers then build everything from the storage."""
+@click.option("--artifacts", envvar="FER_OPT_ARTIFACTS", show_envvar=True,
+              help=ARTIFACTS_HELP + " [default: a folder 'artifacts' beside a SQLite file; none for PostgreSQL]")
+def create_study(spec_path, storage, name, data, skip_if_exists, replace, artifacts) -> None:
+    """Create a study from a study file; workers then build everything from the storage (and its artifact store)."""
     from . import study as fer_study
+    from .artifacts import study_store
     from .storage import mask_url, storage_url
 
-    created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace)
+    created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace, artifacts)
     url = mask_url(storage_url(storage))
     verb = "created" if new else "exists, unchanged:"
     click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")
+    store = study_store(created)
+    click.echo(f"trial files: artifacts in {store.url}" if store else
+               "trial files: no artifact store, so each trial's files stay on its worker's disk "
+               "(--artifacts s3://BUCKET/PREFIX shares them between machines)")
 
 
 @main.command()
@@ -257,10 +266,12 @@ def create_study(spec_path, storage, name, data, skip_if_exists, replace) -> Non
 @click.option("--n-trials", type=int, help="Stop after this many trials of this worker [default: the study's budget].")
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
 @click.option("--data", envvar="FER_OPT_DATA", help="This machine's copy of the data [default: the path stored with the study] [env FER_OPT_DATA]")
-@click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
+@click.option("--checkpoint-dir", default="studies/checkpoints",
+              help="This host's copy of each trial's best checkpoint and run state: DIR/STUDY/trial-N.pt.")
+@click.option("--artifacts", help=ARTIFACTS_HELP + " [default: the one the study records]")
 @click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
 @click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")
-def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, wandb, threads) -> None:
+def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, artifacts, wandb, threads) -> None:
     """Pull trials from a study until its trial budget is spent, then exit 0.
 
     Ctrl-C or SIGTERM fails the running trial and queues it again (it resumes from its last
@@ -273,7 +284,8 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
     name = study_name or fer_study.single_study_name(open_storage(storage))
     devices = fer_worker.parse_devices(gpu)
     per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
-    opts = fer_worker.WorkerOptions(name, storage, devices[0], data, n_trials, timeout, checkpoint_dir, wandb, threads)
+    opts = fer_worker.WorkerOptions(name, storage, devices[0], data, n_trials, timeout, checkpoint_dir, artifacts,
+                                    wandb, threads)
     sys.exit(fer_worker.launch(opts, devices, per))
 
 
@@ -328,10 +340,11 @@ def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> No
         if trial.number != found.best_trial.number:
             click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")
     if onnx_out:
-        from . import checkpoints, report
+        from . import report
 
-        [trial] = report.best_trials(found, 1)
-        _export_onnx(checkpoints.read_checkpoint(trial.user_attrs["checkpoint"]), onnx_out)
+        found_checkpoints = report.TrialCheckpoints(found)
+        [trial] = found_checkpoints.best(1)
+        _export_onnx(found_checkpoints.load(trial), onnx_out)
 
 
 def _export_onnx(ckpt: dict, out: Path) -> None:
@@ -346,17 +359,23 @@ def _export_onnx(ckpt: dict, out: Path) -> None:
 @STORAGE_OPTION
 @click.option("--host", default="127.0.0.1", help="Interface to listen on; 0.0.0.0 exposes the dashboard to the network.")
 @click.option("--port", default=8080, type=int, help="Port to listen on.")
-def dashboard(storage, host, port) -> None:
-    """Serve optuna-dashboard on the study storage."""
+@click.option("--artifacts", help="The artifact store whose files the trial pages show [default: the studies' own].")
+def dashboard(storage, host, port, artifacts) -> None:
+    """Serve optuna-dashboard on the study storage, with the studies' artifact store: trial pages list and preview
+    each trial's checkpoint, confusion matrix and learning curve."""
     from optuna_dashboard import run_server
 
+    from .artifacts import storage_store
     from .storage import mask_url, open_storage, storage_url
 
     store = open_storage(storage)
+    files = storage_store(store, artifacts)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     click.echo(f"dashboard for {mask_url(storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
-    run_server(store, host=host, port=port)
+    if files is not None:
+        click.echo(f"trial files from {files.url}")
+    run_server(store, host=host, port=port, artifact_store=files)
 
 
 @main.command()
@@ -370,7 +389,7 @@ def dashboard(storage, host, port) -> None:
 def ensemble(study_name, storage, top, out, data, device, precision) -> None:
     """Soft-voting ensemble of the study's K best trials (their best checkpoints)."""
     from . import data as fer_data
-    from . import report, trainer
+    from . import inference, report, trainer
     from .study import ATTR_DATA
 
     found, _ = _open_study(storage, study_name)
@@ -378,7 +397,7 @@ def ensemble(study_name, storage, top, out, data, device, precision) -> None:
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
                f"(val {', '.join(f'{t.value:.4f}' for t in members)})")
     loaded = fer_data.load(data or found.user_attrs[ATTR_DATA])
-    acc, _ = report.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=trainer.inference_bf16(precision))
+    acc, _ = inference.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=inference.inference_bf16(precision))
     click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].value:+.4f} over the best trial)")
 
 
@@ -393,13 +412,13 @@ def ensemble(study_name, storage, top, out, data, device, precision) -> None:
 def report_cmd(study_name, storage, out, data, top, device, precision) -> None:
     """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
     from . import data as fer_data
-    from . import report, trainer
+    from . import inference, report, trainer
     from .study import ATTR_DATA
 
     found, spec = _open_study(storage, study_name)
     source = data or found.user_attrs[ATTR_DATA]
     loaded = None if source == "none" else fer_data.load(source)
-    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, trainer.inference_bf16(precision))
+    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, inference.inference_bf16(precision))
     click.echo(f"wrote {out}")
 
 
@@ -416,10 +435,15 @@ def storage() -> None:
 def storage_copy(from_url, to_url, study_name, to_name) -> None:
     """Copy a study, its trials and attributes, e.g. from the SQLite file to PostgreSQL when you grow."""
     from . import study as fer_study
+    from .artifacts import study_store
     from .storage import mask_url
 
-    name = fer_study.copy(from_url, to_url, study_name, to_name)
-    click.echo(f"copied study {name} to {mask_url(to_url)}")
+    copied = fer_study.copy(from_url, to_url, study_name, to_name)
+    click.echo(f"copied study {copied.study_name} to {mask_url(to_url)}")
+    store = study_store(copied)
+    if store is not None:
+        click.echo(f"its artifacts stay in {store.url}, which both copies refer to; to move them too, copy that "
+                   "folder or bucket and pass the new place to the workers (--artifacts)")
 
 
 @main.command("run")

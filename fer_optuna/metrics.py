@@ -68,3 +68,25 @@ def plot_confusion(rep: dict, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Train and val loss and accuracy per epoch (a run's EpochStats as dicts), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, what in ((loss, "loss"), (acc, "acc")):
+        ax.plot(epochs, [h[f"train_{what}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{what}"] for h in history], "o-", label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if what == "acc" else "loss")
+        ax.grid(alpha=0.3)
+    acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

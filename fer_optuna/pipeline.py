@@ -42,7 +42,7 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
             result = trainer.train(cfg, data, device=device, checkpoint=out, state=state, log=log)
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
-            done = checkpoints.saved_epochs(state)
+            done = len(checkpoints.saved_history(state))
             raise interrupts.Interrupted(signum, f"{what} stopped by {signum.name} after epoch {done} of {cfg.epochs}; "
                                          "run the same command again to resume") from None
     state.unlink(missing_ok=True)  # the run is whole: a rerun starts afresh

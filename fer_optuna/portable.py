@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import augment, checkpoints, trainer
+from . import augment, checkpoints, inference, trainer
 from .config import PixelPipeline, TrainConfig
 from .data import CLASSES
 from .errors import FerOptError
@@ -62,7 +62,7 @@ class Classifier:
     def __init__(self, path: Path, device: str = "auto", precision: str | None = None):
         """precision: fp32 (the default, the same answers on every CPU and through ONNX) or bf16."""
         self.path = Path(path)
-        self.bf16 = trainer.inference_bf16(precision)
+        self.bf16 = inference.inference_bf16(precision)
         self.session = None
         if self.path.suffix.lower() == ".onnx":
             import onnxruntime
@@ -89,5 +89,5 @@ class Classifier:
                 raise FerOptError("--precision bf16 needs the .pt checkpoint; the ONNX graph runs in fp32")
             x = crops[:, None].astype(np.float32)
             return self.session.run(["probabilities"], {"pixels": x})[0]
-        x = trainer.pixels(crops, self.device, self.cfg.pixels)
-        return trainer.predict_proba(self.model, x, self.bf16, tta, self.cfg.crop).cpu().numpy()
+        x = inference.pixels(crops, self.device, self.cfg.pixels)
+        return inference.predict_proba(self.model, x, self.bf16, tta, self.cfg.crop).cpu().numpy()

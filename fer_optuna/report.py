@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,42 +14,52 @@ import torch
 from optuna.trial import TrialState
 
 from . import data as fer_data
-from . import checkpoints, metrics, trainer
+from . import artifacts, checkpoints, inference, metrics
 from .errors import FerOptError
 from .study import StudySpec, comparison, format_comparison, provenance, ranked, study_file_text
 
 
-def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """The `top` best complete trials whose best checkpoint is on this machine."""
-    with_ckpt = [t for t in ranked(study) if Path(t.user_attrs.get("checkpoint", "")).is_file()]
-    if not with_ckpt:
-        raise FerOptError(f"study {study.study_name!r} has no complete trial with a checkpoint on this machine; "
-                          "workers write them to --checkpoint-dir (default studies/checkpoints)")
-    return with_ckpt[:top]
+class TrialCheckpoints:
+    """A study's trials' best checkpoints, wherever they are: the study's artifact store, or this machine's
+    disk (studies made before the store, or without one)."""
 
+    def __init__(self, study: optuna.Study):
+        self.study, self.store = study, artifacts.study_store(study)
 
-def val_accuracy(model_file: Path | dict, data: fer_data.FerData, device: torch.device, tta: bool = False,
-                 bf16: bool = False) -> tuple[float, dict]:
-    ckpt = checkpoints.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
-    model, cfg = checkpoints.model_from_checkpoint(ckpt, device)
-    images, labels = data.split("val")
-    split = trainer.to_device(images, labels, device, pipeline=cfg.pixels)
-    _, acc, probs = trainer.evaluate(model, split, bf16, tta, cfg.crop)
-    return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
+    def reachable(self, trial: optuna.trial.FrozenTrial) -> bool:
+        in_store = self.store is not None and "checkpoint_artifact" in trial.user_attrs
+        return in_store or Path(trial.user_attrs.get("checkpoint", "")).is_file()
+
+    def best(self, top: int) -> list[optuna.trial.FrozenTrial]:
+        """The `top` best complete trials whose checkpoint can be had."""
+        found = [t for t in ranked(self.study) if self.reachable(t)]
+        if not found:
+            raise FerOptError(f"study {self.study.study_name!r} has no complete trial with a checkpoint in its artifact "
+                              "store or on this machine; workers upload them to the store (create-study --artifacts), "
+                              "or write them to --checkpoint-dir (default studies/checkpoints)")
+        return found[:top]
+
+    def load(self, trial: optuna.trial.FrozenTrial) -> dict:
+        if self.store is not None and "checkpoint_artifact" in trial.user_attrs:
+            with tempfile.TemporaryDirectory() as tmp:
+                return checkpoints.read_checkpoint(self.store.get(trial.user_attrs["checkpoint_artifact"],
+                                                                  Path(tmp) / f"trial-{trial.number}.pt"))
+        return checkpoints.read_checkpoint(trial.user_attrs["checkpoint"])
 
 
 def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.trial.FrozenTrial]:
-    trials = best_trials(study, top)
-    ckpts = [checkpoints.read_checkpoint(t.user_attrs["checkpoint"]) for t in trials]
-    checkpoints.save_ensemble(out, ckpts, study=study.study_name, trials=[t.number for t in trials],
-                          val_accuracies=[t.value for t in trials])
+    found = TrialCheckpoints(study)
+    trials = found.best(top)
+    checkpoints.save_ensemble(out, [found.load(t) for t in trials], study=study.study_name,
+                              trials=[t.number for t in trials], val_accuracies=[t.value for t in trials])
     return trials
 
 
 def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.FrozenTrial:
     """The best trial's best checkpoint as a model file that says where it came from."""
-    best = best_trials(study, 1)[0]
-    ckpt = checkpoints.read_checkpoint(best.user_attrs["checkpoint"])
+    found = TrialCheckpoints(study)
+    [best] = found.best(1)
+    ckpt = found.load(best)
     origin = provenance(study, best, url)
     ckpt["config"] = {**ckpt["config"], "provenance": origin}
     trained = {k: best.user_attrs[k] for k in ("device", "seconds", "epochs_run", "best_epoch") if k in best.user_attrs}
@@ -92,21 +103,21 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
         best = complete[0]
         sections += [f"<h2>Best trial: {best.number}, val accuracy {best.value:.4f}</h2>",
                      _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
-        ckpt = Path(best.user_attrs.get("checkpoint", ""))
-        if data is not None and ckpt.is_file():
-            acc, rep = val_accuracy(ckpt, data, device, bf16=bf16)
-            tta_acc, _ = val_accuracy(ckpt, data, device, tta=True, bf16=bf16)
+        found = TrialCheckpoints(study)
+        if data is not None and found.reachable(best):
+            ckpt = found.load(best)
+            acc, rep = inference.val_accuracy(ckpt, data, device, bf16=bf16)
+            tta_acc, _ = inference.val_accuracy(ckpt, data, device, tta=True, bf16=bf16)
             sections += [f"<p>val accuracy {acc:.4f}; with TTA {tta_acc:.4f} ({tta_acc - acc:+.4f})</p>",
                          _table([[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
                                  for c, m in rep["per_class"].items()], ["class", "precision", "recall", "F1", "support"])]
             buffer = io.BytesIO()
             metrics.plot_confusion(rep, buffer, f"best trial {best.number}: val accuracy {acc:.3f}")
             sections.append(f'<img alt="confusion matrix" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">')
-            members = best_trials(study, ensemble_top)
+            members = found.best(ensemble_top)
             if len(members) > 1:
-                ens = {"format": checkpoints.CHECKPOINT_FORMAT, "kind": "ensemble",
-                       "members": [checkpoints.read_checkpoint(t.user_attrs["checkpoint"]) for t in members]}
-                ens_acc, _ = val_accuracy(ens, data, device, bf16=bf16)
+                ens = {"format": checkpoints.CHECKPOINT_FORMAT, "kind": "ensemble", "members": [found.load(t) for t in members]}
+                ens_acc, _ = inference.val_accuracy(ens, data, device, bf16=bf16)
                 sections.append(f"<h2>Ensemble of the top {len(members)}</h2><p>soft-voting val accuracy {ens_acc:.4f}, "
                                 f"{ens_acc - acc:+.4f} over the best single model (trials "
                                 f"{', '.join(str(t.number) for t in members)})</p>")

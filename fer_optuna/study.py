@@ -253,12 +253,19 @@ def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
 
 
 def create(spec_path: str | Path, url: str | None = None, name: str | None = None, data: str | None = None,
-           skip_if_exists: bool = False, replace: bool = False) -> tuple[optuna.Study, bool]:
-    """Create the study (True) or find the identical one (False)."""
+           skip_if_exists: bool = False, replace: bool = False, artifacts: str | None = None) -> tuple[optuna.Study, bool]:
+    """Create the study (True) or find the identical one (False).
+
+    `artifacts`: the study's artifact store (else FER_OPT_ARTIFACTS, else a folder beside a SQLite
+    file, else none); checked before anything is written, and recorded without credentials.
+    """
+    from .artifacts import ATTR_ARTIFACTS, ArtifactStore, default_url
+
     spec = load_spec(spec_path)
     name = name or spec.name
     data_path = resolve_data(data, spec, Path(spec_path).parent)
     storage = open_storage(url)
+    store_url = artifacts or os.environ.get("FER_OPT_ARTIFACTS") or default_url(storage_url(url))
     if name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=name, storage=storage)
         same = study_file_text(existing) == spec.text
@@ -269,12 +276,16 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
             fix = "pass --skip-if-exists to use it" if same else "pass --replace to delete it and start over, or --name NEW"
             raise FerOptError(f"study {name!r} {why}; {fix}")
         optuna.delete_study(study_name=name, storage=storage)
+    if store_url:
+        ArtifactStore(store_url).prepare()
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=make_sampler(spec), pruner=make_pruner(spec))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([METRIC])  # the dashboard's axis reads val_accuracy, not "Objective 0"
     storage.set_study_system_attr(study._study_id, ATTR_FILE, spec.text)
+    if store_url:
+        storage.set_study_system_attr(study._study_id, ATTR_ARTIFACTS, store_url)
     from optuna_dashboard import save_note
 
     save_note(study, f"Created by `fer-opt create-study` from `{spec_path}`:\n\n```yaml\n{spec.text.rstrip()}\n```\n")
@@ -404,7 +415,7 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
     return paths[: len(complete)]
 
 
-def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | None = None) -> str:
+def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | None = None) -> optuna.Study:
     """Copy a study, trials and attributes intact, e.g. from the SQLite file to PostgreSQL."""
     source = open_storage(from_url)
     name = name or single_study_name(source)
@@ -417,4 +428,4 @@ def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | Non
     if to_name in optuna.get_all_study_names(target):
         raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; pass --to-name NEW")
     optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target, to_study_name=to_name)
-    return to_name
+    return optuna.load_study(study_name=to_name, storage=target)

@@ -1,4 +1,4 @@
-"""One short training loop: `train(config, data, on_epoch=...)` and `evaluate(...)`.
+"""One short training loop: `train(config, data, on_epoch=...)`.
 
 The whole dataset lives on the device as uint8; batches are indexed, augmented
 and normalised there. The loop keeps the checkpoint with the best val accuracy,
@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import augment, checkpoints
-from .config import PixelPipeline, TrainConfig
-from .data import CLASSES, FerData, stratified_indices
+from .config import TrainConfig
+from .data import CLASSES, FerData
+from .inference import DeviceSplit, evaluate, to_device
 from .quality import clean
 from .errors import FerOptError
 from .models import build_model, count_parameters
@@ -100,50 +100,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-INFERENCE_PRECISIONS = ("fp32", "bf16")
-
-
-def inference_bf16(precision: str | None = None) -> bool:
-    """Inference's precision: fp32 unless bf16 is asked for (here, or by FER_OPT_PRECISION).
-
-    Not `auto`: under bf16 autocast the same model file gives other probabilities (up to
-    about 1e-2) and now and then another label, so a model's answers would depend on the
-    CPU it runs on, and would differ from its ONNX graph's, which runs in fp32.
-    """
-    precision = precision or os.environ.get("FER_OPT_PRECISION") or "fp32"
-    if precision not in INFERENCE_PRECISIONS:
-        raise FerOptError(f"precision {precision!r}: expected {' or '.join(INFERENCE_PRECISIONS)} (FER_OPT_PRECISION too)")
-    return precision == "bf16"
-
-
-# --------------------------------------------------------------------------- data on the device
-
-
-@dataclass(frozen=True)
-class DeviceSplit:
-    images: torch.Tensor  # uint8 (N, 1, 48, 48)
-    labels: torch.Tensor  # int64 (N,)
-    degraded: torch.Tensor | None = None  # uint8 (N, 1, 48, 48): augment.degraded_copies of images
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def pixels(images: np.ndarray, device: torch.device, pipeline: PixelPipeline = PixelPipeline()) -> torch.Tensor:
-    """uint8 (N, 48, 48) on the host -> uint8 (N, 1, 48, 48) on the device, through the model's pixel pipeline."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
-    return augment.pixel_pipeline(x, pipeline).contiguous(memory_format=torch.channels_last)
-
-
-def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
-              pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False) -> DeviceSplit:
-    if limit and limit < len(labels):
-        keep = stratified_indices(labels, limit / len(labels), seed)
-        images, labels = images[keep], labels[keep]
-    copies = pixels(augment.degraded_copies(images, seed), device, pipeline) if degraded else None
-    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -322,33 +278,6 @@ def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tup
     return train_loss, train_acc
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, tta_crop: int = 48,
-                  batch_size: int = 1024) -> torch.Tensor:
-    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        with torch.autocast(chunk.device.type, dtype=torch.bfloat16, enabled=bf16):
-            if tta:
-                views = augment.tta_views(chunk, tta_crop)
-                probs = model(views.flatten(0, 1)).float().softmax(-1).view(len(views), len(chunk), -1).mean(0)
-            else:
-                probs = model(augment.normalize(augment.to_float(chunk))).float().softmax(-1)
-        out.append(probs)
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False,
-             tta_crop: int = 48) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, probabilities) on a split."""
-    probs = predict_proba(model, split.images, bf16, tta, tta_crop)
-    loss = F.nll_loss(probs.clamp_min(1e-8).log(), split.labels).item()
-    acc = (probs.argmax(1) == split.labels).float().mean().item()
-    return loss, acc, probs
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -435,7 +364,9 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
         finally:
             if bar is not None:
                 bar.close()
-        val_loss, val_acc, _ = evaluate(run.scored, val_split, run.bf16)
+        # Scored in fp32 whatever the training precision: the value a study selects on is then the
+        # one `fer-opt evaluate` reproduces from the checkpoint, on any machine.
+        val_loss, val_acc, _ = evaluate(run.scored, val_split, bf16=False)
         if run.sched is not None and not run.per_step:
             run.sched.step(val_acc)
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, run.opt.param_groups[0]["lr"],

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import warnings
@@ -26,7 +26,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import checkpoints, interrupts, trainer
+from . import artifacts, interrupts, trainer
 from . import data as fer_data
 from .errors import FerOptError
 from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
@@ -47,7 +47,8 @@ class WorkerOptions:
     data: str | None = None
     n_trials: int | None = None
     timeout: float | None = None
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  # this host's copy of each trial's files
+    artifacts: str | None = None  # the artifact store, if not the one the study records
     wandb: bool = False
     threads: int | None = None
     # Added to the sampler's seed. None: this process's id, so that workers started by hand
@@ -73,7 +74,9 @@ class Objective:
     def __init__(self, study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
                  opts: WorkerOptions, log: Callable[[str], None]):
         self.study, self.spec, self.data, self.device, self.opts, self.log = study, spec, data, device, opts, log
+        self.store = artifacts.study_store(study, opts.artifacts)
         self.running: int | None = None
+        self.store_failed: int | None = None  # a trial the store failed: the worker queues it again
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = trial.number
@@ -82,7 +85,11 @@ class Objective:
         cfg = self.spec.train.replace(**params)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", str(self.device))
-        checkpoint, state = self._files(trial)
+        try:
+            files = self._files(trial)
+        except artifacts.StoreUnavailable as e:
+            self.store_failed = trial.number
+            raise self._drop(trial, str(e)) from None
         tracker = None
         if self.opts.wandb:
             from .tracking import TrialTracker
@@ -94,8 +101,9 @@ class Objective:
             torch.empty(0, device=self.device)  # the peak counters of a device not yet used do not exist yet
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            result = trainer.train(cfg, self.data, device=self.device, on_epoch=EpochReporter(trial, cfg, tracker, self.log),
-                                   checkpoint=checkpoint, state=state, progress=False, log=None)
+            result = trainer.train(cfg, self.data, device=self.device, on_epoch=EpochReporter(trial, cfg, tracker, files, self.log),
+                                   checkpoint=files and files.checkpoint, state=files and files.state, progress=False,
+                                   log=None)
             outcome = "complete"
             if tracker:
                 tracker.summary(result.best_val_acc, result.n_params)
@@ -109,12 +117,15 @@ class Objective:
             raise self._drop(trial, f"out of memory at batch_size {cfg.batch_size} on {self.device}") from None
         except trainer.NonFiniteLoss as e:
             raise self._drop(trial, str(e)) from None
+        except artifacts.StoreUnavailable as e:
+            self.store_failed = trial.number
+            raise self._drop(trial, str(e)) from None
         finally:
             _record_peak_memory(trial, self.device)
             if tracker:
                 tracker.finish(outcome)
-            if state is not None and outcome != "failed":
-                state.unlink(missing_ok=True)  # only an interrupted trial needs its state
+            if files is not None and outcome != "failed":
+                self._finish(files)
         trial.set_user_attr("n_params", result.n_params)
         trial.set_user_attr("best_epoch", result.best_epoch)
         self.log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
@@ -132,23 +143,29 @@ class Objective:
         trial.set_user_attr("fail_reason", reason)
         return TrialDropped(reason)
 
-    def _files(self, trial: optuna.Trial) -> tuple[Path | None, Path | None]:
-        """The trial's best checkpoint and its per-epoch state, taken over from a killed attempt if there is one."""
-        if not self.opts.checkpoint_dir:
-            return None, None
-        folder = Path(self.opts.checkpoint_dir) / self.study.study_name
-        checkpoint = folder / f"trial-{trial.number}.pt"
-        state = checkpoints.state_path(checkpoint)
-        trial.set_user_attr("checkpoint", str(checkpoint))
-        _take_over_state(self.study, trial, folder, state)
-        return checkpoint, state
+    def _files(self, trial: optuna.Trial) -> artifacts.TrialFiles | None:
+        """The trial's best checkpoint and per-epoch state, taken over from a killed attempt if there is one."""
+        if not self.opts.checkpoint_dir and self.store is None:
+            return None
+        folder = Path(self.opts.checkpoint_dir or tempfile.mkdtemp(prefix="fer-optuna-")) / self.study.study_name
+        files = artifacts.TrialFiles(trial, folder, self.store)
+        files.take_over(self.study)
+        return files
+
+    def _finish(self, files: artifacts.TrialFiles) -> None:
+        """A finished trial's value stands even when its files cannot reach the store: the reason is recorded."""
+        try:
+            files.finish(self.data, self.device)
+        except FerOptError as e:
+            files.trial.set_user_attr("artifact_error", str(e))
+            self.log(f"trial {files.trial.number}: its files did not reach the artifact store: {e}")
 
 
 class EpochReporter:
-    """Called after each epoch of a trial: reports to Optuna, records progress, and prunes."""
+    """Called after each epoch of a trial: sends its files to the store, reports to Optuna, records progress, prunes."""
 
-    def __init__(self, trial: optuna.Trial, cfg, tracker, log: Callable[[str], None]):
-        self.trial, self.cfg, self.tracker, self.log = trial, cfg, tracker, log
+    def __init__(self, trial: optuna.Trial, cfg, tracker, files: artifacts.TrialFiles | None, log: Callable[[str], None]):
+        self.trial, self.cfg, self.tracker, self.files, self.log = trial, cfg, tracker, files, log
         self.started = time.perf_counter()
         self.first_epoch: int | None = None
 
@@ -158,6 +175,8 @@ class EpochReporter:
             self.first_epoch = stats.epoch
             if stats.epoch > 1:  # this attempt resumed an earlier one's run
                 trial.set_user_attr("resumed_at_epoch", stats.epoch - 1)
+        if self.files is not None:
+            self.files.after_epoch(stats)
         self.log(f"trial {trial.number} epoch {stats.epoch}/{self.cfg.epochs}: val accuracy {stats.val_acc:.4f} "
                  f"({stats.seconds:.0f}s)")
         trial.report(stats.val_acc, stats.epoch)
@@ -180,17 +199,6 @@ def _requeue(study: optuna.Study, number: int | None) -> str:
     retry = study._storage.get_heartbeat_stale_trial_callback()
     retry(study, trial)
     return f"trial {number} was re-queued for another worker"
-
-
-def _take_over_state(study: optuna.Study, trial: optuna.Trial, folder: Path, state: Path) -> None:
-    """A retry of a trial whose worker died continues from that attempt's last epoch."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    for previous in reversed(frozen.system_attrs.get("retry_history", [])):
-        earlier = checkpoints.state_path(folder / f"trial-{previous}.pt")
-        if earlier.exists():
-            shutil.copy(earlier, state)
-            trial.set_user_attr("resumed_from_trial", previous)
-            return
 
 
 def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
@@ -220,7 +228,8 @@ def run(opts: WorkerOptions) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
     ran = 0
-    log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}")
+    where = objective.store.url if objective.store else f"this host's {opts.checkpoint_dir or 'nowhere'}"
+    log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}, trial files in {where}")
     announce = lambda name: log(f"{name}: stopping; the running trial goes back to the queue (again to force)")  # noqa: E731
     with interrupts.first_signal_raises(announce) as received:
         try:
@@ -242,6 +251,9 @@ def run(opts: WorkerOptions) -> int:
                         continue
                 study.optimize(objective, n_trials=1, catch=(TrialDropped,))
                 ran += 1
+                if objective.store_failed is not None:  # the store, not the trial, failed: another attempt
+                    log(_requeue(study, objective.store_failed))
+                    objective.store_failed = None
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
             outcome = _requeue(study, objective.running)
@@ -258,7 +270,7 @@ def spawn(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
     for device in devices:
         for _ in range(per_device):
             cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--study", opts.study, "--gpu", device]
-            for flag, value in (("--data", opts.data), ("--n-trials", opts.n_trials),
+            for flag, value in (("--data", opts.data), ("--n-trials", opts.n_trials), ("--artifacts", opts.artifacts),
                                 ("--timeout", opts.timeout), ("--checkpoint-dir", opts.checkpoint_dir),
                                 ("--threads", threads if device == "cpu" else None)):
                 if value is not None:

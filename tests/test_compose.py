@@ -11,9 +11,10 @@ SERVICES = COMPOSE["services"]
 
 
 def test_services_and_their_order():
-    assert set(SERVICES) == {"postgres", "dashboard", "create-study", "worker"}
+    assert set(SERVICES) == {"postgres", "s3", "dashboard", "create-study", "worker"}
     for name in ("dashboard", "create-study", "worker"):
         assert SERVICES[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert SERVICES[name]["depends_on"]["s3"]["condition"] == "service_started"
     assert SERVICES["worker"]["depends_on"]["create-study"]["condition"] == "service_completed_successfully"
     assert SERVICES["create-study"]["restart"] == "no" and "--skip-if-exists" in SERVICES["create-study"]["command"]
 
@@ -24,6 +25,20 @@ def test_postgres_has_a_volume_and_a_health_check():
     assert any(v.startswith("pgdata:") for v in pg["volumes"]) and "pgdata" in COMPOSE["volumes"]
     check = pg["healthcheck"]
     assert "pg_isready" in " ".join(check["test"]) and check["retries"] >= 1
+
+
+def test_trial_files_go_to_the_s3_service_not_a_shared_volume():
+    s3 = SERVICES["s3"]
+    assert s3["image"].startswith("chrislusf/seaweedfs:") and s3["command"][0] == "mini"
+    assert "-master.telemetry=false" in s3["command"] and any(v.startswith("s3data:") for v in s3["volumes"])
+    assert "ports" not in s3, "the store is reached inside the compose network only"
+    create = SERVICES["create-study"]["environment"]
+    assert create["FER_OPT_ARTIFACTS"].startswith("s3://")
+    for name in ("dashboard", "create-study", "worker"):
+        env = SERVICES[name]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:8333" and env["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_KEY}"
+    assert "volumes" not in SERVICES["worker"] or all(":/data" in v for v in SERVICES["worker"]["volumes"])
+    assert set(COMPOSE["volumes"]) == {"pgdata", "s3data"}
 
 
 def test_worker_reserves_a_gpu_and_scales():

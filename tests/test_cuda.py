@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fer_optuna import checkpoints, data, trainer
+from fer_optuna import checkpoints, data, inference, trainer
 from fer_optuna.models import build_model
 from fer_optuna.config import TrainConfig
 
@@ -28,14 +28,14 @@ def test_trains_on_cuda_in_bf16_and_the_checkpoint_runs_on_cpu(tmp_path, model):
     result = trainer.train(cfg, _data(), device=torch.device("cuda"), checkpoint=tmp_path / "m.pt", log=None)
     assert result.best_val_acc > 0.3
     model_cpu, _ = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(tmp_path / "m.pt"), torch.device("cpu"))
-    split = trainer.to_device(*_data().split("val"), torch.device("cpu"))
-    _, acc, _ = trainer.evaluate(model_cpu, split, bf16=False)
+    split = inference.to_device(*_data().split("val"), torch.device("cpu"))
+    _, acc, _ = inference.evaluate(model_cpu, split, bf16=False)
     assert abs(acc - result.best_val_acc) < 0.05
 
 
 def test_training_step_makes_no_host_syncs():
     cfg = TrainConfig(model="cnn3", batch_size=64)
-    split = trainer.to_device(*_data().split("train"), torch.device("cuda"))
+    split = inference.to_device(*_data().split("train"), torch.device("cuda"))
     model = build_model("cnn3", 0.3, 128).cuda().to(memory_format=torch.channels_last)
     run = trainer.Run(model, trainer.make_optimizer(cfg, model, torch.device("cuda")), None, False, None,
                       torch.Generator("cuda").manual_seed(0), np.random.default_rng(0), torch.nn.CrossEntropyLoss(), True)

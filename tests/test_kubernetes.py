@@ -15,6 +15,7 @@ K8S = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 SCHEMA_VERSION = "1.37.0"  # the newest schemas bundled with kubernetes-validate
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+SECRET_KEYS = ("FER_OPT_STORAGE", "FER_OPT_ARTIFACTS", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 SECRET_EXAMPLE = dict(line.split("=", 1) for line in (K8S / "secret.env.example").read_text().splitlines()
                       if line and not line.startswith("#"))
 
@@ -49,8 +50,10 @@ def test_every_manifest_validates_against_the_kubernetes_schemas():
     for resource in resources:
         kubernetes_validate.validate(resource, SCHEMA_VERSION, strict=True)
     kinds = sorted(d["kind"] for d in resources)
-    assert kinds == sorted(["Namespace", "Service", "StatefulSet", "PersistentVolumeClaim", "PersistentVolumeClaim",
+    assert kinds == sorted(["Namespace", "Service", "StatefulSet", "PersistentVolumeClaim",
                             "Job", "Job", "Deployment", "Service", "Secret"])
+    claims = [d for d in resources if d["kind"] == "PersistentVolumeClaim"]
+    assert [c["metadata"]["name"] for c in claims] == ["fer-data"], "no ReadWriteMany checkpoint volume: trial files go to S3"
 
 
 def test_the_export_pod_validates_and_runs_real_commands():
@@ -61,9 +64,11 @@ def test_the_export_pod_validates_and_runs_real_commands():
     script = pod["spec"]["containers"][0]["args"][0]
     export_help = fer_opt("export", "--help").stdout
     for flag in ("-o", "--model", "--onnx"):
-        assert f" {flag} /checkpoints/" in script and flag in export_help
+        assert f" {flag} /out/" in script and flag in export_help
     [volume] = pod["spec"]["volumes"]
-    assert volume["persistentVolumeClaim"]["claimName"] == "fer-checkpoints"
+    assert volume == {"name": "out", "emptyDir": {}}, "the model comes from the artifact store, not a shared volume"
+    keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in pod["spec"]["containers"][0]["env"]}
+    assert keys == {"FER_OPT_STORAGE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 def test_a_bad_manifest_is_refused():
@@ -82,7 +87,7 @@ def test_workers_take_one_gpu_each_and_retry_instead_of_losing_trials():
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["args"] == COMPOSE["worker"]["command"], "the pod runs what the compose worker runs"
     mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
-    assert mounts["/data"]["readOnly"] and "/checkpoints" in mounts
+    assert list(mounts) == ["/data"] and mounts["/data"]["readOnly"]
     data_dir = dict((e["name"], e.get("value")) for e in worker["env"])["FER_OPT_DATA"]
     assert data_dir.startswith("/data/")
 
@@ -105,12 +110,15 @@ def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_c
         for flag in (a for a in container["args"] if a.startswith("--")):
             assert flag in help_text[container["args"][0]], f"{flag} is not an option of fer-opt {container['args'][0]}"
         for env in container["env"]:
-            assert env["name"] in ("FER_OPT_STORAGE", "FER_OPT_DATA")
-            if env["name"] == "FER_OPT_STORAGE":
-                assert env["valueFrom"]["secretKeyRef"] == {"name": "fer-optuna", "key": "FER_OPT_STORAGE"}
+            assert env["name"] in ("FER_OPT_DATA", *SECRET_KEYS)
+            if env["name"] != "FER_OPT_DATA":
+                assert env["valueFrom"]["secretKeyRef"] == {"name": "fer-optuna", "key": env["name"]}
+        names = {e["name"] for e in container["env"]}
+        assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= names, "every pod reaches the store"
+    assert "FER_OPT_ARTIFACTS" in {e["name"] for e in _container("Job", "create-study")["env"]}
     postgres = _container("StatefulSet", "postgres")
     assert postgres["envFrom"] == [{"secretRef": {"name": "fer-optuna"}}] and "pg_isready" in str(postgres["readinessProbe"])
-    assert set(SECRET_EXAMPLE) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "FER_OPT_STORAGE"}
+    assert set(SECRET_EXAMPLE) == {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", *SECRET_KEYS}
     for path in K8S.glob("*.yaml"):
         assert not re.search(r"postgres(ql)?(\+\w+)?://", path.read_text()), f"{path.name}: a storage URL belongs in the Secret"
     assert _by_kind_name()[("Service", "dashboard")]["spec"]["type"] == "ClusterIP"
@@ -119,14 +127,15 @@ def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_c
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_worker_pods_command_and_environment_run_a_trial(postgres, tmp_path, sample_csv):
-    url = postgres.new_database()
+def test_a_worker_pods_command_and_environment_run_a_trial(postgres, s3, tmp_path, sample_csv):
+    url, bucket = postgres.new_database(), s3.new_bucket()
     worker = _container("Job", "workers")
-    # The pod's volumes, mounted here as folders: /data holds the data, /checkpoints gets the trials'.
+    # The pod's volumes, mounted here as folders: /data holds the data.
     mounts = {m["mountPath"]: tmp_path / m["name"] for m in worker["volumeMounts"]}
     for folder in mounts.values():
         folder.mkdir()
-    secret = {**SECRET_EXAMPLE, "FER_OPT_STORAGE": url}
+    # The Secret as a user fills it in: this machine's PostgreSQL and S3 server.
+    secret = {**SECRET_EXAMPLE, **s3.env(), "FER_OPT_STORAGE": url, "FER_OPT_ARTIFACTS": f"s3://{bucket}/k8s"}
 
     def pod_env(container: dict) -> dict:
         env = {}
@@ -151,4 +160,5 @@ def test_a_worker_pods_command_and_environment_run_a_trial(postgres, tmp_path, s
     assert "budget reached" in proc.stdout or "complete" in proc.stdout, proc.stdout
     [trial] = optuna.load_study(study_name="tiny", storage=url).get_trials()
     assert trial.state == TrialState.COMPLETE
-    assert (mounts["/checkpoints"] / "tiny" / f"trial-{trial.number}.pt").is_file()
+    stored = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"k8s/{trial.user_attrs['checkpoint_artifact']}" in stored, "the trial's model is in the store, for any pod"

@@ -1,0 +1,269 @@
+"""Each trial's files in an artifact store that every machine of a study reaches.
+
+A study records one store (`create-study --artifacts URL`): a folder (Optuna's file-system
+store; the default beside a SQLite study file) or `s3://bucket/prefix` (Optuna's boto3
+store; endpoint and credentials from the standard AWS variables, e.g. AWS_ENDPOINT_URL).
+While a trial runs, its latest run state and best checkpoint are kept there under ids of
+its own, replaced as epochs pass, so that a retry on any host resumes from them; when it
+ends, its best checkpoint, a confusion matrix and a learning curve are uploaded as Optuna
+artifacts, which optuna-dashboard lists and previews. The store is treated like the
+database: transient errors are retried with backoff (FER_OPT_ARTIFACT_RETRY_SECONDS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
+
+import optuna
+import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from . import checkpoints, inference, metrics, trainer
+from .data import FerData
+from .errors import FerOptError
+
+_log = logging.getLogger("fer_optuna.artifacts")
+ATTR_ARTIFACTS = "fer_opt.artifacts"  # the study's store URL (never credentials)
+T = TypeVar("T")
+
+
+class StoreUnavailable(FerOptError):
+    """The store stayed unreachable past the retry deadline: the trial in hand fails and is queued again."""
+
+
+def default_url(storage_url: str) -> str | None:
+    """A SQLite study keeps its artifacts in a folder beside the database file; other storages have no default."""
+    if storage_url.startswith("sqlite:///"):
+        return str(Path(storage_url.removeprefix("sqlite:///")).resolve().parent / "artifacts")
+    return None
+
+
+def _retry_seconds() -> float:
+    return float(os.environ.get("FER_OPT_ARTIFACT_RETRY_SECONDS", "120"))
+
+
+def _is_transient(error: Exception) -> bool:
+    """A store that is away for now (connection refused or lost, a timeout, a 5xx, throttling), not a wrong name or key."""
+    try:
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    except ImportError:
+        return False
+    if isinstance(error, (ConnectionError, HTTPClientError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in ("SlowDown", "RequestTimeout", "Throttling")
+    return False
+
+
+class ArtifactStore:
+    """A study's store: Optuna's ArtifactStore protocol (open_reader, write, remove), each call retried while
+    the store is unreachable, plus what fer-optuna does with it (put and get files)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("s3://"):
+            bucket, _, prefix = url.removeprefix("s3://").partition("/")
+            if not bucket:
+                raise FerOptError(f"artifact store {url!r}: expected s3://BUCKET or s3://BUCKET/PREFIX")
+            import boto3
+
+            self.backend = optuna.artifacts.Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+            self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        else:
+            folder = Path(url.removeprefix("file://")).expanduser()
+            folder.mkdir(parents=True, exist_ok=True)
+            self.backend = optuna.artifacts.FileSystemArtifactStore(folder)
+            self.prefix = ""
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        deadline, delay = None, 0.5
+        while True:
+            try:
+                return call()
+            except ArtifactNotFound:
+                raise
+            except Exception as e:
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                if not _is_transient(e):
+                    raise FerOptError(f"artifact store {self.url}: cannot {what} ({reason}); check the URL, the "
+                                      "bucket and the credentials (AWS_* variables)") from None
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _retry_seconds()
+                    _log.warning("artifact store %s unavailable (%s); retrying for up to %.0f s", self.url, reason,
+                                 _retry_seconds())
+                if now > deadline:
+                    raise StoreUnavailable(f"lost the artifact store {self.url} for over {_retry_seconds():.0f} s ({reason}); "
+                                      "check that it is up (FER_OPT_ARTIFACT_RETRY_SECONDS sets the wait)") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._retrying(f"read {artifact_id}", lambda: self.backend.open_reader(self.prefix + artifact_id))
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        start = content_body.tell()
+
+        def write() -> None:
+            content_body.seek(start)  # a retry sends the whole body again
+            self.backend.write(self.prefix + artifact_id, content_body)
+
+        self._retrying(f"write {artifact_id}", write)
+
+    def remove(self, artifact_id: str) -> None:
+        self._retrying(f"remove {artifact_id}", lambda: self.backend.remove(self.prefix + artifact_id))
+
+    def put(self, artifact_id: str, path: Path) -> None:
+        with open(path, "rb") as f:
+            self.write(artifact_id, f)
+
+    def get(self, artifact_id: str, path: Path) -> Path:
+        """Download to `path`, whole or not at all."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                reader = self.open_reader(artifact_id)
+                try:
+                    while chunk := reader.read(1 << 20):
+                        out.write(chunk)
+                finally:
+                    reader.close()
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def prepare(self) -> None:
+        """Make the store ready for a new study: an S3 bucket that does not exist yet is made; then check()."""
+        if isinstance(self.backend, optuna.artifacts.Boto3ArtifactStore):
+            from botocore.exceptions import ClientError
+
+            client, bucket = self.backend.client, self.backend.bucket
+
+            def make_bucket() -> None:
+                try:
+                    client.head_bucket(Bucket=bucket)
+                except ClientError as e:
+                    if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                        raise
+                    client.create_bucket(Bucket=bucket)
+
+            self._retrying(f"make the bucket {bucket}", make_bucket)
+        self.check()
+
+    def check(self) -> None:
+        """Write, read back and remove a small object: a wrong URL, bucket or key fails now, with one line."""
+        probe = f"fer-optuna-probe-{uuid.uuid4().hex}"
+        with tempfile.TemporaryFile() as f:
+            f.write(b"ok")
+            f.seek(0)
+            self.write(probe, f)
+        reader = self.open_reader(probe)
+        reader.close()
+        self.remove(probe)
+
+    def upload(self, path: Path, trial: optuna.Trial, mimetype: str) -> str:
+        """A file of a trial's as an Optuna artifact, which the dashboard lists; returns its id."""
+        return optuna.artifacts.upload_artifact(artifact_store=self, file_path=str(path), study_or_trial=trial,
+                                                mimetype=mimetype)
+
+
+def storage_store(storage: optuna.storages.BaseStorage, override: str | None = None) -> ArtifactStore | None:
+    """The store of a storage's studies, for the dashboard, which serves them all (the first, if they differ)."""
+    urls = [s.system_attrs.get(ATTR_ARTIFACTS) for s in storage.get_all_studies()]
+    url = override or next((u for u in urls if u), None)
+    return ArtifactStore(url) if url else None
+
+
+def study_store(study: optuna.Study, override: str | None = None) -> ArtifactStore | None:
+    """The study's artifact store (or `override`'s); None for a study without one."""
+    url = override or study._storage.get_study_system_attrs(study._study_id).get(ATTR_ARTIFACTS)
+    return ArtifactStore(url) if url else None
+
+
+class TrialFiles:
+    """A trial's best checkpoint and run state: on this host's disk while it runs and, with a store, in the store,
+    replaced as epochs pass, so that a retry of the trial on any host goes on from its last epoch."""
+
+    def __init__(self, trial: optuna.Trial, folder: Path, store: ArtifactStore | None):
+        self.trial, self.store = trial, store
+        self.checkpoint = folder / f"trial-{trial.number}.pt"
+        self.state = checkpoints.state_path(self.checkpoint)
+        self.best_val_acc = -1.0
+        trial.set_user_attr("checkpoint", str(self.checkpoint))
+        self.working: dict[str, str] = {}
+        if store is not None:  # ids of their own, overwritten epoch after epoch: they never pile up
+            self.working = {"state_artifact": uuid.uuid4().hex, "best_artifact": uuid.uuid4().hex}
+            for key, value in self.working.items():
+                trial.set_user_attr(key, value)
+        self.inherited: list[str] = []  # a killed attempt's working files, removed once this one is done
+
+    def take_over(self, study: optuna.Study) -> None:
+        """A retry of a trial whose worker died goes on from that attempt's last epoch, from this disk or the store."""
+        frozen = study._storage.get_trial(self.trial._trial_id)
+        for number in reversed(frozen.system_attrs.get("retry_history", [])):
+            earlier = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+            local = checkpoints.state_path(self.checkpoint.with_name(f"trial-{number}.pt"))
+            found = local.exists()
+            if found:
+                shutil.copy(local, self.state)
+            ids = {k: earlier.user_attrs.get(k) for k in ("state_artifact", "best_artifact")}
+            if not found and self.store is not None and ids["state_artifact"]:
+                try:
+                    self.store.get(ids["state_artifact"], self.state)
+                    if ids["best_artifact"]:
+                        self.store.get(ids["best_artifact"], self.checkpoint)
+                    found = True
+                except ArtifactNotFound:
+                    pass  # that attempt died before its first epoch was saved
+            self.inherited += [i for i in ids.values() if i]
+            if found:
+                self.trial.set_user_attr("resumed_from_trial", number)
+                return
+
+    def after_epoch(self, stats: trainer.EpochStats) -> None:
+        """The trainer has saved this epoch's state (and the checkpoint, if it improved): send them to the store."""
+        improved = stats.val_acc > self.best_val_acc
+        self.best_val_acc = max(self.best_val_acc, stats.val_acc)
+        if self.store is None:
+            return
+        self.store.put(self.working["state_artifact"], self.state)
+        if improved and self.checkpoint.exists():
+            self.store.put(self.working["best_artifact"], self.checkpoint)
+
+    def finish(self, data: FerData, device: torch.device) -> None:
+        """The trial is over (complete or pruned): its checkpoint, confusion matrix and learning curve become
+        artifacts the dashboard shows, and its working files go."""
+        history = checkpoints.saved_history(self.state)
+        self.state.unlink(missing_ok=True)  # only an interrupted trial needs its state
+        if self.store is None or not self.checkpoint.exists():
+            return
+        number = self.trial.number
+        acc, rep = inference.val_accuracy(self.checkpoint, data, device)
+        figures = {"confusion_matrix_artifact": self.checkpoint.with_suffix(".confusion.png"),
+                   "learning_curve_artifact": self.checkpoint.with_suffix(".curve.png")}
+        metrics.plot_confusion(rep, figures["confusion_matrix_artifact"], f"trial {number}: val accuracy {acc:.3f}")
+        metrics.plot_learning_curve(history, figures["learning_curve_artifact"], f"trial {number}")
+        ids = {"checkpoint_artifact": self.store.upload(self.checkpoint, self.trial, "application/octet-stream")}
+        ids |= {key: self.store.upload(path, self.trial, "image/png") for key, path in figures.items()}
+        for key, value in ids.items():
+            self.trial.set_user_attr(key, value)
+        for path in figures.values():
+            path.unlink(missing_ok=True)
+        for artifact_id in [*self.working.values(), *self.inherited]:
+            try:
+                self.store.remove(artifact_id)
+            except ArtifactNotFound:
+                pass
+        for key in self.working:  # gone from the store: the attributes say so
+            self.trial.set_user_attr(key, None)

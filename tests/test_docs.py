@@ -1,0 +1,78 @@
+"""The README and docs/ cannot drift from the product: every `fer-opt` command and flag they show
+exists, every link between them resolves, and the README's Python example runs."""
+
+import ast
+import re
+import subprocess
+import sys
+
+import click
+import pytest
+
+from conftest import ROOT
+from fer_optuna.cli import main
+from fer_optuna.data import CLASSES
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# `fer-opt` then its words, up to the end of the command: a backtick, a comment, a pipe, `&&` or `;`.
+COMMAND = re.compile(r"fer-opt((?: +(?!#|&&|\|)[^\s`;|]+)*)")
+
+
+def commands(text: str) -> list[list[str]]:
+    return [m.group(1).split() for m in COMMAND.finditer(text)]
+
+
+def resolve(words: list[str]) -> tuple[click.Command, list[str]]:
+    """The (sub)command the words name, and the words after it."""
+    command = main
+    while words and isinstance(command, click.Group) and not words[0].startswith("-"):
+        assert words[0] in command.commands, f"fer-opt has no command {words[0]!r}"
+        command, words = command.commands[words[0]], words[1:]
+    return command, words
+
+
+def flags(command: click.Command) -> set[str]:
+    return {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_and_flag_in_the_docs_exists(page):
+    found = commands(page.read_text())
+    for words in found:
+        command, rest = resolve(words)
+        unknown = [w.split("=")[0] for w in rest if w.startswith("-") and w.split("=")[0] not in flags(command)]
+        assert not unknown, f"{page.name}: `fer-opt {' '.join(words)}`: no such flag {unknown} on {command.name}"
+    if page.name == "README.md":
+        assert len(found) >= 10
+
+
+def test_the_check_catches_what_does_not_exist():
+    with pytest.raises(AssertionError, match="no command 'trian'"):
+        resolve(["trian", "--data", "x"])
+    command, rest = resolve(["storage", "copy", "--from", "a"])
+    assert command.name == "copy" and "--from" in flags(command) and "--form" not in flags(command)
+    assert commands("run `fer-opt worker --gpu 0` then | fer-opt status # a comment") == [["worker", "--gpu", "0"], ["status"]]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_links_between_the_pages_resolve(page):
+    for target, anchor in re.findall(r"\]\(((?!https?:)[^)#]+)(?:#([^)]+))?\)", page.read_text()):
+        linked = (page.parent / target).resolve()
+        assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, f"{page.name} links to {target}#{anchor}: no such heading"
+
+
+def test_no_page_points_at_the_developers_shared_folder():
+    for page in PAGES:
+        assert "../shared" not in page.read_text(), page.name
+
+
+def test_the_readme_python_example_runs():
+    [example] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    out = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = ast.literal_eval(out.stdout)
+    assert len(printed) == 2 and set(printed) <= set(CLASSES)
