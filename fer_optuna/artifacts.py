@@ -213,10 +213,12 @@ class TrialFiles:
         frozen = study._storage.get_trial(self.trial._trial_id)
         for number in reversed(frozen.system_attrs.get("retry_history", [])):
             earlier = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-            local = checkpoints.state_path(self.checkpoint.with_name(f"trial-{number}.pt"))
-            found = local.exists()
-            if found:
-                shutil.copy(local, self.state)
+            local = self.checkpoint.with_name(f"trial-{number}.pt")
+            found = checkpoints.state_path(local).exists()
+            if found:  # this host ran it: its files are here
+                shutil.copy(checkpoints.state_path(local), self.state)
+                if local.exists():
+                    shutil.copy(local, self.checkpoint)
             ids = {k: earlier.user_attrs.get(k) for k in ("state_artifact", "best_artifact")}
             if not found and self.store is not None and ids["state_artifact"]:
                 try:
@@ -249,7 +251,7 @@ class TrialFiles:
         if self.store is None or not self.checkpoint.exists():
             return
         number = self.trial.number
-        acc, rep = inference.val_accuracy(self.checkpoint, data, device)
+        acc, rep = inference.val_accuracy(self.checkpoint, data, device, as_trained=True)
         figures = {"confusion_matrix_artifact": self.checkpoint.with_suffix(".confusion.png"),
                    "learning_curve_artifact": self.checkpoint.with_suffix(".curve.png")}
         metrics.plot_confusion(rep, figures["confusion_matrix_artifact"], f"trial {number}: val accuracy {acc:.3f}")

@@ -89,11 +89,12 @@ def evaluate(model: nn.Module, split: DeviceSplit, bf16: bool, tta: bool = False
 
 
 def val_accuracy(model_file: Path | dict, data: FerData, device: torch.device, tta: bool = False,
-                 bf16: bool = False) -> tuple[float, dict]:
-    """A checkpoint's (a file or a loaded one) val accuracy and its metrics report (per class, confusion matrix)."""
+                 bf16: bool = False, as_trained: bool = False) -> tuple[float, dict]:
+    """A checkpoint's (a file or a loaded one) val accuracy and its metrics report (per class, confusion matrix).
+    `as_trained`: on the val images its run selected on (its config's val_subset), not the whole split."""
     ckpt = checkpoints.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = checkpoints.model_from_checkpoint(ckpt, device)
-    images, labels = data.split("val")
-    split = to_device(images, labels, device, pipeline=cfg.pixels)
+    limit = cfg.val_subset if as_trained else 0
+    split = to_device(*data.split("val"), device, limit, cfg.seed, cfg.pixels)
     _, acc, probs = evaluate(model, split, bf16, tta, cfg.crop)
-    return acc, metrics.report(labels, probs.argmax(1).cpu().numpy())
+    return acc, metrics.report(split.labels.cpu().numpy(), probs.argmax(1).cpu().numpy())

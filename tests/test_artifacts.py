@@ -69,7 +69,8 @@ def test_two_hosts_sharing_only_the_database_and_s3_resume_and_export(postgres, 
                           "--model", "best.pt", "--onnx", "best.onnx"], cwd=c, env={**os.environ, **env},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    report = json.loads(fer_opt("evaluate", "--model", c / "best.pt", "--data", sample_csv, "--json").stdout)
+    report = json.loads(fer_opt("evaluate", "--model", c / "best.pt", "--data", sample_csv, "--json",
+                                "--precision", "fp32").stdout)
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert abs(report["accuracy"] - best.value) < 1e-6 and (c / "best.onnx").stat().st_size > 1000
 

@@ -197,7 +197,7 @@ def test_train_evaluate_predict_cnn3_on_the_sample(sample_csv, tmp_path):
     assert ckpt["config"]["model"] == "cnn3" and ckpt["config"]["hidden_dim"] == 64
 
     report = json.loads(fer_opt("evaluate", "--model", model, "--data", sample_csv, "--split", "val", "--json",
-                                "--plot", tmp_path / "cm.png").stdout)
+                                "--precision", "fp32", "--plot", tmp_path / "cm.png").stdout)
     assert report["n"] == 150 and 0 <= report["accuracy"] <= 1
     assert np.array(report["confusion_matrix"]).sum() == 150 and set(report["per_class"]) == set(data.CLASSES)
     assert (tmp_path / "cm.png").stat().st_size > 1000
