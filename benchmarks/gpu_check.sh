@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check in one run, most important first (about 7 minutes on one H200, 9 with --train):
-#   the CUDA tests; the trainer benchmark (cnn3 at batch 64/128/256, vgg and resnet18 at 128,
+#   the CUDA tests; inference in fp32 against bf16 (which the default should be on CUDA); the trainer benchmark (cnn3 at batch 64/128/256, vgg and resnet18 at 128,
 #   against the original-style pipeline); where a cnn3 step's time goes (torch.profiler);
 #   fer2013-cnn3.yaml (8 trials of 10 epochs) with 1, 2 and 4 workers on the GPU;
 #   torch.compile with CUDA graphs on cnn3. With --train, also the shipped model's recipe
@@ -35,6 +35,14 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 step "CUDA tests"
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -15 | tee "$RES/cuda-tests.txt"
+
+step "inference precision on CUDA: a 3-epoch cnn3, PublicTest in fp32 and in bf16 (accuracy and seconds)"
+timeout 120 $PY -m fer_optuna.cli train --data "$DATA" --device cuda --epochs 3 --out "$WORK/cnn3-3.pt" > /dev/null
+for precision in fp32 bf16 fp32 bf16; do  # twice each: the first call of each warms up
+  TIMEFORMAT="$precision: %R s"
+  { time $PY -m fer_optuna.cli evaluate --model "$WORK/cnn3-3.pt" --data "$DATA" --device cuda --precision $precision \
+      --tta --json | grep -o '"accuracy": [0-9.]*' ; } 2>&1 | tee -a "$RES/precision-cuda.txt"
+done
 
 step "trainer benchmark: cnn3 (full epochs, timed after a warm-up epoch)"
 timeout 120 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models cnn3 --batches 64 128 256 --workers 8 \

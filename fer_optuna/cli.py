@@ -363,6 +363,8 @@ def _export_onnx(ckpt: dict, out: Path) -> None:
 def dashboard(storage, host, port, artifacts) -> None:
     """Serve optuna-dashboard on the study storage, with the studies' artifact store: trial pages list and preview
     each trial's checkpoint, confusion matrix and learning curve."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     from optuna_dashboard import run_server
 
     from .artifacts import storage_store
@@ -370,8 +372,6 @@ def dashboard(storage, host, port, artifacts) -> None:
 
     store = open_storage(storage)
     files = storage_store(store, artifacts)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     click.echo(f"dashboard for {mask_url(storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
     if files is not None:
         click.echo(f"trial files from {files.url}")
@@ -455,7 +455,11 @@ def storage_copy(from_url, to_url, study_name, to_name) -> None:
 @click.option("--port", type=int, default=8080, help="Dashboard port during the study; 0 for none.")
 @click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
 def run_all(data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
-    """The main job: create the study, run workers on every GPU (CPU: quick.yaml), export the best config, train it."""
+    """The main job: create the study, run workers on every GPU (CPU: quick.yaml), export the best config, train it.
+
+    Stopped (Ctrl-C, SIGTERM, a crash), the same command goes on: the study from its trials, the final fit
+    from its last finished epoch.
+    """
     from . import pipeline
 
     pipeline.run(data_path, storage, study_file, out_dir, gpu, port, checkpoint_dir, log=click.echo)

@@ -31,6 +31,7 @@ from . import data as fer_data
 from .errors import FerOptError
 from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
 from .storage import open_storage, storage_url
+from .trial_files import TrialFiles
 
 WAIT_SECONDS = 2.0
 
@@ -143,16 +144,16 @@ class Objective:
         trial.set_user_attr("fail_reason", reason)
         return TrialDropped(reason)
 
-    def _files(self, trial: optuna.Trial) -> artifacts.TrialFiles | None:
+    def _files(self, trial: optuna.Trial) -> TrialFiles | None:
         """The trial's best checkpoint and per-epoch state, taken over from a killed attempt if there is one."""
         if not self.opts.checkpoint_dir and self.store is None:
             return None
         folder = Path(self.opts.checkpoint_dir or tempfile.mkdtemp(prefix="fer-optuna-")) / self.study.study_name
-        files = artifacts.TrialFiles(trial, folder, self.store)
+        files = TrialFiles(trial, folder, self.store)
         files.take_over(self.study)
         return files
 
-    def _finish(self, files: artifacts.TrialFiles) -> None:
+    def _finish(self, files: TrialFiles) -> None:
         """A finished trial's value stands even when its files cannot reach the store: the reason is recorded."""
         try:
             files.finish(self.data, self.device)
@@ -164,7 +165,7 @@ class Objective:
 class EpochReporter:
     """Called after each epoch of a trial: sends its files to the store, reports to Optuna, records progress, prunes."""
 
-    def __init__(self, trial: optuna.Trial, cfg, tracker, files: artifacts.TrialFiles | None, log: Callable[[str], None]):
+    def __init__(self, trial: optuna.Trial, cfg, tracker, files: TrialFiles | None, log: Callable[[str], None]):
         self.trial, self.cfg, self.tracker, self.files, self.log = trial, cfg, tracker, files, log
         self.started = time.perf_counter()
         self.first_epoch: int | None = None
