@@ -229,8 +229,9 @@ def run(opts: WorkerOptions) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
     ran = 0
-    where = objective.store.url if objective.store else f"this host's {opts.checkpoint_dir or 'nowhere'}"
-    log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}, trial files in {where}")
+    where = (f"in {objective.store.url}" if objective.store else
+             f"in {opts.checkpoint_dir} on this host" if opts.checkpoint_dir else "not kept")
+    log(f"study {spec.name}: budget {spec.n_trials} trials, data {data_path}, trial files {where}")
     announce = lambda name: log(f"{name}: stopping; the running trial goes back to the queue (again to force)")  # noqa: E731
     with interrupts.first_signal_raises(announce) as received:
         try:
