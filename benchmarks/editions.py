@@ -1,11 +1,11 @@
 """Accuracy on both editions of PublicTest (original pixels, and the contrast-processed copy), plain and
 with TTA, for saved models or for the original's default cnn3 config trained with equalisation on and off.
 
-    python benchmarks/editions.py --models models/fer2013-best.pt runs/old.pt
+    python benchmarks/editions.py --models fer_optuna/weights/fer2013-best.pt runs/old.pt
     python benchmarks/editions.py --models runs/stage2.pt --smooth 0 0.5   # each model under each low-pass
     python benchmarks/editions.py --models runs/stage2.pt --smooth 0 0.3 0.5 --no-tta   # plain only: minutes, not an hour
     python benchmarks/editions.py --train-cnn3 --epochs 25        # trains twice: equalize true, false
-    python benchmarks/editions.py --models models/fer2013-best.pt --precision fp32 bf16 --no-tta   # accuracy and time of each
+    python benchmarks/editions.py --models fer_optuna/weights/fer2013-best.pt --precision fp32 bf16 --no-tta   # accuracy and time of each
 
 Every figure comes from one run and names the CPU capability it ran on.
 """

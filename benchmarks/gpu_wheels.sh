@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_wheels.sh [../shared/data]
 # A call takes at most 64 MiB of working tree. Wheels and data are ~62 MB, so the shipped
 # model (tracked, and not read by the GPU checks) must stay here for the call:
-#   mv models/fer2013-best.pt /tmp/ ... (the call) ... git checkout models/fer2013-best.pt
+#   mv fer_optuna/weights/fer2013-best.pt /tmp/ ... (the call) ... git checkout fer_optuna/weights/fer2013-best.pt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/data}

@@ -140,7 +140,8 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="A checkpoint from `train`.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="A checkpoint from `train`, or an ensemble [default: the bundled model].")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), envvar="FER_OPT_DATA", help=DATA_HELP)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="val is PublicTest, test is PrivateTest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
@@ -154,6 +155,7 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision
     from . import checkpoints, inference, metrics, trainer
 
     dev = trainer.resolve_device(device)
+    model_path = model_path or checkpoints.BUNDLED_MODEL
     model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
     images, labels = fer_data.load(data_path).split(split)
     split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
@@ -172,49 +174,39 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision
 
 
 @main.command()
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="A checkpoint from `train` or `export --model`, or an .onnx file from `export --onnx`.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image, with a list of faces.")
+@click.argument("inputs", nargs=-1, required=True, metavar="PHOTOS_OR_VIDEOS...")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="A checkpoint from `train` or `export --model`, an ensemble, or an .onnx file [default: the bundled model].")
+@click.option("--detector", type=click.Choice(["mtcnn", "yunet", "haar"]), default="mtcnn",
+              help="Face detector: mtcnn finds the most faces with the fewest false boxes; yunet is faster and misses "
+                   "more small faces; haar (OpenCV's cascade) for comparison.")
 @click.option("--no-detect", is_flag=True, help="Classify each image whole (it already is a face crop) instead of finding faces.")
-@click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path), help="Write each photo here with its faces boxed and labelled.")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Write one row per face (per sampled frame of a video) for all inputs to this .csv or .jsonl file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per photo (per sampled frame of a video).")
+@click.option("--annotate", "annotate_dir", type=click.Path(path_type=Path),
+              help="Write each photo here boxed and labelled (DIR/NAME.png); each video as DIR/NAME.mp4 with a plot of "
+                   "each face's emotions over time (DIR/NAME-emotions.png).")
+@click.option("--every", type=int, default=1, help="Videos: analyse every N-th frame.")
+@click.option("--rate", type=float, help="Videos: analyse this many frames a second (instead of --every).")
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @DEVICE_OPTION
 @PRECISION_OPTION
-def predict(model_path, images, as_json, no_detect, annotate_dir, tta, device, precision) -> None:
-    """The emotion of every face in each photo: its box, emotion and class probabilities.
+def predict(inputs, model_path, detector, no_detect, out, as_json, annotate_dir, every, rate, tta, device, precision) -> None:
+    """The emotion of every face in photos and videos: its box, detector score, emotion and probabilities.
 
-    Faces are found with OpenCV's Haar cascade and cropped with a margin; a 48x48
-    image (or any image with --no-detect) is classified whole. A photo without a face
-    says so and is not an error.
+    Takes image files, folders of them, quoted globs ('photos/*.jpg') and videos (any container and
+    codec OpenCV reads). A 48x48 image (or any image with --no-detect) is classified whole. In a
+    video each face keeps an id from frame to frame. A photo without a face says so and is not an error.
     """
-    import numpy as np
+    from . import predict as fer_predict
+    from .recognizer import Recognizer
 
-    from . import faces as fer_faces
-    from .data import CLASSES
-    from .portable import Classifier
-
-    classifier = Classifier(model_path, device, precision)
-    for path in images:
-        rgb = fer_faces.read_photo(path)
-        found = fer_faces.find_faces(rgb, detect=not no_detect)
-        probs = classifier.probs(np.stack([f.crop for f in found]), tta) if found else np.zeros((0, len(CLASSES)))
-        if annotate_dir:
-            fer_faces.annotate(rgb, found, probs, Path(annotate_dir) / f"{path.stem}.png")
-        if as_json:
-            click.echo(json.dumps({"image": str(path), "faces": [
-                {"box": list(f.box), "emotion": CLASSES[int(p.argmax())],
-                 "probabilities": {c: round(float(v), 4) for c, v in zip(CLASSES, p)}} for f, p in zip(found, probs)]}))
-            continue
-        if not found:
-            click.echo(f"{path}: no face found")
-        for i, (face, p) in enumerate(zip(found, probs), 1):
-            ranked = "  ".join(f"{CLASSES[k]} {p[k]:.2f}" for k in np.argsort(-p)[:3])
-            whole = face.box == (0, 0, rgb.shape[1], rgb.shape[0])
-            where = "" if whole else f" face {i} at {face.box}"
-            click.echo(f"{path}:{where} {CLASSES[int(p.argmax())]}  ({ranked})")
+    recognizer = Recognizer(model_path, detector, device, precision, tta)
+    opts = fer_predict.PredictOptions(out, annotate_dir, as_json, not no_detect, every, rate)
+    fer_predict.predict(recognizer, list(inputs), opts, click.echo)
     if annotate_dir:
-        click.echo(f"annotated images: {annotate_dir}", err=True)
+        click.echo(f"annotated: {annotate_dir}", err=True)
 
 
 # --------------------------------------------------------------------------- studies
@@ -312,18 +304,24 @@ def status(study_name, storage, as_json) -> None:
               help="Also write the best trial's trained model (its best checkpoint) here, provenance inside.")
 @click.option("--onnx", "onnx_out", type=click.Path(path_type=Path),
               help="Write the model as ONNX (pixel pipeline inside, any batch size): the best trial's, or --checkpoint's.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="With --onnx: convert this checkpoint; no study needed.")
-def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> None:
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Convert this model file instead (with --onnx, or --model and --fp16); no study needed.")
+@click.option("--fp16", is_flag=True, help="With --model: store the weights in fp16, half the file (they load as fp32).")
+def export(study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16) -> None:
     """Write the best trial's training config, for `fer-opt train --config`, and optionally its model."""
+    from . import checkpoints
     from . import study as fer_study
     from .storage import storage_url
 
     if checkpoint:
-        if not onnx_out:
-            raise FerOptError("--checkpoint converts a model file: give --onnx OUT.onnx too")
-        from . import checkpoints
-
-        _export_onnx(checkpoints.read_checkpoint(checkpoint), onnx_out)
+        if not (onnx_out or model_out):
+            raise FerOptError("--checkpoint converts a model file: give --onnx OUT.onnx or --model OUT.pt --fp16 too")
+        ckpt = checkpoints.read_checkpoint(checkpoint)
+        if model_out:
+            checkpoints.atomic_save(checkpoints.half_precision(ckpt) if fp16 else ckpt, model_out)
+            click.echo(f"wrote {model_out}: {model_out.stat().st_size / 2**20:.1f} MB{', fp16 weights' if fp16 else ''}")
+        if onnx_out:
+            _export_onnx(ckpt, onnx_out)
         return
     found, spec = _open_study(storage, study_name)
     url = storage_url(storage)
@@ -336,6 +334,8 @@ def export(study_name, storage, out, top, model_out, onnx_out, checkpoint) -> No
         from . import report
 
         trial = report.export_model(found, model_out, url)
+        if fp16:
+            checkpoints.atomic_save(checkpoints.half_precision(checkpoints.read_checkpoint(model_out)), model_out)
         click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.value:.4f}")
         if trial.number != found.best_trial.number:
             click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")

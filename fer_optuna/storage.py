@@ -41,6 +41,14 @@ def mask_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
+# What PostgreSQL answers while it shuts down, starts or recovers.
+PG_RESTARTING = ("the database system is shutting down", "the database system is starting up",
+                 "the database system is in recovery mode", "the database system is not yet accepting connections")
+
+
+REFUSED_WAIT_SECONDS = 15
+
+
 def _heartbeat_seconds() -> int:
     return int(os.environ.get("FER_OPT_HEARTBEAT", "10"))
 
@@ -63,22 +71,37 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
     elif url.startswith("postgresql"):
         # PostgreSQL drops idle connections: pre-ping them; a worker needs few.
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            hb: dict[str, Any] = {}
-            if heartbeat:
-                beat = _heartbeat_seconds()
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-                hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
-            storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
-        raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
-                          "port, database name and credentials (or FER_OPT_STORAGE)") from None
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
-        raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
-                          "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
+    start, warned = time.monotonic(), False
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                hb: dict[str, Any] = {}
+                if heartbeat:
+                    beat = _heartbeat_seconds()
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+                    hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
+                storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+            break
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+            # A server that is restarting says so: wait for it, as every later call does. One that
+            # refuses connections may be between stop and start: wait a little. Anything else (a
+            # wrong host or password) is the user's to fix, so it fails at once.
+            restarting = any(state in reason for state in PG_RESTARTING)
+            wait = _retry_seconds() if restarting else min(REFUSED_WAIT_SECONDS, _retry_seconds())
+            if (restarting or "Connection refused" in reason) and time.monotonic() - start < wait:
+                if not warned:
+                    _log.warning("study storage %s %s; waiting up to %.0f s", mask_url(url),
+                                 "is restarting" if restarting else "refuses connections", wait)
+                    warned = True
+                time.sleep(1.0)
+                continue
+            raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
+                              "port, database name and credentials (or FER_OPT_STORAGE)") from None
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
+            raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
+                              "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
     if storage.engine.dialect.name == "sqlite":
         _serialize_sqlite_writes(storage.engine)
     return storage

@@ -70,9 +70,18 @@ def test_no_page_points_at_the_developers_shared_folder():
         assert "../shared" not in page.read_text(), page.name
 
 
-def test_the_readme_python_example_runs():
+def test_the_readme_python_example_runs(tmp_path):
+    from group_photos import PHOTOS, moving_faces_clip
+
     [example] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    out = subprocess.run([sys.executable, "-c", example], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    (tmp_path / "photo.jpg").write_bytes((PHOTOS / "obama3.jpg").read_bytes())
+    moving_faces_clip(tmp_path / "clip.mp4", frames=30)
+    out = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    printed = ast.literal_eval(out.stdout)
-    assert len(printed) == 2 and set(printed) <= set(CLASSES)
+    photo, *frames = out.stdout.splitlines()
+    box, emotion, probability = re.fullmatch(r"(\(.*\)) (\w+) ([\d.]+)", photo).groups()
+    assert len(ast.literal_eval(box)) == 4 and emotion in CLASSES and 0 < float(probability) <= 1
+    assert len(frames) == 6  # 30 frames, every 5th
+    for line in frames:
+        seconds, faces = line.split(" ", 1)
+        assert float(seconds) >= 0 and {face_id for face_id, _ in ast.literal_eval(faces)} == {1, 2}

@@ -58,6 +58,16 @@ def test_storage_calls_wait_for_the_server_to_come_back(postgres, caplog):
     assert "unavailable" in caplog.text and PASSWORD not in caplog.text
 
 
+def test_a_worker_started_while_the_server_restarts_waits_for_it(postgres, caplog):
+    url = postgres.new_database()
+    postgres.pg_ctl("stop", "fast")
+    threading.Timer(3, postgres.pg_ctl, ("start",)).start()
+    t0 = time.monotonic()
+    storage = fer_storage.open_storage(url)
+    assert time.monotonic() - t0 >= 2.5 and storage.get_all_studies() == []
+    assert "refuses connections; waiting up to 15 s" in caplog.text and PASSWORD not in caplog.text
+
+
 def test_storage_gives_up_with_a_fix_it_message(postgres, monkeypatch):
     storage = fer_storage.open_storage(postgres.new_database())
     monkeypatch.setenv("FER_OPT_DB_RETRY_SECONDS", "2")

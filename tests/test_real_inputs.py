@@ -8,14 +8,15 @@ import torch
 from PIL import Image
 
 from conftest import FULL_NPZ, ROOT, face_canvas, fer_opt, synthetic_rows, write_csv
+from group_photos import match
 from fer_optuna import augment, checkpoints, data, quality, trainer
 from fer_optuna.config import TrainConfig
 from fer_optuna.errors import FerOptError
-from fer_optuna.faces import find_faces
+from fer_optuna.detectors import detector
 from fer_optuna.models import build_model
 from fer_optuna.portable import Classifier
 
-SHIPPED = ROOT / "models" / "fer2013-best.pt"
+SHIPPED = ROOT / "fer_optuna" / "weights" / "fer2013-best.pt"
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def group_photo(tmp_path_factory, fer):
 
 def test_every_box_is_one_face(group_photo):
     path, corners = group_photo
-    boxes = [f.box for f in find_faces(np.asarray(Image.open(path).convert("RGB")))]
+    boxes = [d.box for d in detector()(np.asarray(Image.open(path).convert("RGB")))]
     hit = []
     for x, y, w, h in boxes:
         cx, cy = x + w / 2, y + h / 2
@@ -182,10 +183,10 @@ def test_every_box_is_one_face(group_photo):
 
     photo = np.asarray(Image.open(path).convert("RGB"))
     big = cv2.resize(photo, (photo.shape[1] * 8, photo.shape[0] * 8), interpolation=cv2.INTER_NEAREST)
-    big_boxes = [f.box for f in find_faces(big)]
-    assert len(big_boxes) == len(boxes)
-    for small, large in zip(sorted(boxes), sorted(big_boxes)):
-        assert all(abs(8 * a - b) <= 8 * max(small[2:]) * 0.15 for a, b in zip(small, large)), (small, large)
+    big_boxes = [tuple(v / 8 for v in d.box) for d in detector()(big)]
+    # The detector sees the big photo at its own working size, so a borderline face may come or go.
+    hit, false = match(boxes, big_boxes, min_iou=0.6)
+    assert sum(hit) >= len(boxes) - 1 and false <= 1
 
 
 def test_predict_boxes_labels_and_annotates(tmp_path, group_photo):

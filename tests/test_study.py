@@ -78,7 +78,8 @@ def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
 
 
 def test_unreachable_storage_is_one_line_with_masked_password():
-    proc = fer_opt("status", "--storage", "postgresql+psycopg://fer:hunter2@127.0.0.1:1/optuna", check=False)
+    proc = fer_opt("status", "--storage", "postgresql+psycopg://fer:hunter2@127.0.0.1:1/optuna", check=False,
+                   env={"FER_OPT_DB_RETRY_SECONDS": "1"})  # a refused connection is waited for: not long here
     assert proc.returncode == 2 and "hunter2" not in proc.stderr + proc.stdout
     assert "cannot reach the study storage postgresql+psycopg://fer:***@127.0.0.1:1/optuna" in proc.stderr
     bad = fer_opt("status", "--storage", "mysql://x", check=False)

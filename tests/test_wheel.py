@@ -1,0 +1,65 @@
+"""The package as a user gets it: a wheel built from the sources, installed into a fresh virtual
+environment, used from a folder far from the repository, with no --model."""
+
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+
+API = """
+import fer_optuna
+from fer_optuna import Recognizer
+recognizer = Recognizer(device="cpu")
+faces = recognizer.faces("photo.jpg")
+print(fer_optuna.__file__)
+print([face.emotion for face in faces])
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_model_and_works_without_the_repository(tmp_path):
+    # Build from a copy of what the wheel is made of, so nothing of the checkout's own state leaks in.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    shutil.copytree(ROOT / "fer_optuna", src / "fer_optuna", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+                    src], check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "dist").glob("fer_optuna-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        model = archive.getinfo("fer_optuna/weights/fer2013-best.pt")
+    assert model.file_size < 20 * 2**20  # fp16 weights: half the fp32 file
+
+    # A fresh environment with the wheel; its dependencies (torch is 5 GB) are borrowed from the
+    # test environment through a path file, which adds their folder but runs none of its .pth files,
+    # so the checkout's editable install stays out.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(f"{site}/borrowed-dependencies.pth", "w") as pth:
+        pth.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True, timeout=300)
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    shutil.copy(ROOT / "tests" / "photos" / "obama3.jpg", work / "photo.jpg")
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    cli = subprocess.run(["fer-opt", "predict", "photo.jpg", "--json"], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    [face] = json.loads(cli.stdout)["faces"]
+    assert face["score"] > 0.9
+    api = subprocess.run([venv / "bin" / "python", "-c", API], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert api.returncode == 0, api.stderr
+    where, emotions = api.stdout.splitlines()
+    assert where.startswith(site), f"fer_optuna came from {where}, not the fresh environment"
+    assert emotions == f"[{face['emotion']!r}]"
