@@ -144,7 +144,8 @@ def _retrying(method):
                                       "check that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)") from None
                 self.scoped_session.remove()  # drop the broken session; the next call reconnects
                 time.sleep(delay)
-                delay = min(2 * delay, 10.0)
+                # Capped at the heartbeat interval, so that heartbeats resume within one of the server's return.
+                delay = min(2 * delay, self.heartbeat_interval or 10.0)
 
     return call
 
@@ -192,7 +193,21 @@ class RetryingRDBStorage(_RDB):
     get_all_versions = _retrying(_RDB.get_all_versions)
     get_current_version = _retrying(_RDB.get_current_version)
 
-    _get_stale_trial_ids = _retrying(_RDB._get_stale_trial_ids)
+    _stale_now = _retrying(_RDB._get_stale_trial_ids)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials whose heartbeat is older than the grace period, and still is two intervals later.
+
+        An outage of the database stops every worker's heartbeat at once, so just after the
+        server returns a live worker's trial looks as stale as a dead one's; failing it would
+        throw its work away. A live worker's heartbeat resumes within an interval, a dead one's never.
+        """
+        stale = self._stale_now(study_id)
+        if stale:
+            time.sleep(2 * self.heartbeat_interval)
+            stale = [i for i in self._stale_now(study_id) if i in stale]
+        return stale
+
     _get_trials = _retrying(_RDB._get_trials)
     _create_new_trial = _retrying(_RDB._create_new_trial)
     _set_trial_param = _retrying(_RDB._set_trial_param)

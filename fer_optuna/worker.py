@@ -9,6 +9,7 @@ exceeded: a trial that starts beyond it is dropped as failed with that reason.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
@@ -40,6 +41,15 @@ class TrialDropped(FerOptError):
     """A trial that cannot or must not run; it is recorded as failed and the worker goes on."""
 
 
+class _DropsOnOneLine(logging.Filter):
+    """Optuna logs a failed trial with its traceback; for a dropped one the reason is the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrialDropped):
+            record.exc_info = None
+        return True
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     study: str
@@ -69,7 +79,9 @@ class Objective:
     """One trial, as Optuna's `study.optimize` calls it: budget guard, parameters, training, pruning, failures.
 
     `running` is the number of the trial in progress, so that an interrupted worker can
-    queue it again for another.
+    queue it again for another. `taken_over` is set when another worker failed this one's
+    trial as stale (this worker lost the database for longer than the grace period) and
+    re-queued it: its retry carries on from the last saved epoch, so this worker drops it.
     """
 
     def __init__(self, study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
@@ -78,9 +90,17 @@ class Objective:
         self.store = artifacts.study_store(study, opts.artifacts)
         self.running: int | None = None
         self.store_failed: int | None = None  # a trial the store failed: the worker queues it again
+        self.taken_over: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.running = trial.number
+        try:
+            return self._run(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.taken_over = trial.number
+            raise TrialDropped(f"trial {trial.number} was failed as stale by another worker") from None
+
+    def _run(self, trial: optuna.Trial) -> float:
         self._check_budget(trial)
         params = suggest(trial, self.spec.space)
         cfg = self.spec.train.replace(**params)
@@ -122,11 +142,11 @@ class Objective:
             self.store_failed = trial.number
             raise self._drop(trial, str(e)) from None
         finally:
-            _record_peak_memory(trial, self.device)
             if tracker:
                 tracker.finish(outcome)
             if files is not None and outcome != "failed":
                 self._finish(files)
+            _record_peak_memory(trial, self.device)
         trial.set_user_attr("n_params", result.n_params)
         trial.set_user_attr("best_epoch", result.best_epoch)
         self.log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
@@ -227,6 +247,7 @@ def run(opts: WorkerOptions) -> int:
     data = fer_data.load(data_path)
     objective = Objective(study, spec, data, device, opts, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_DropsOnOneLine())
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
     ran = 0
     where = (f"in {objective.store.url}" if objective.store else
@@ -251,7 +272,14 @@ def run(opts: WorkerOptions) -> int:
                     if _count(study, (TrialState.WAITING,)) == 0:
                         time.sleep(WAIT_SECONDS)
                         continue
-                study.optimize(objective, n_trials=1, catch=(TrialDropped,))
+                try:
+                    study.optimize(objective, n_trials=1, catch=(TrialDropped,))
+                except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one another worker failed
+                    if objective.taken_over is None:
+                        raise
+                    log(f"trial {objective.taken_over} was failed as stale by another worker while this one could "
+                        "not reach the database; its retry carries on from the last saved epoch")
+                    objective.taken_over = None
                 ran += 1
                 if objective.store_failed is not None:  # the store, not the trial, failed: another attempt
                     log(_requeue(study, objective.store_failed))

@@ -26,14 +26,15 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     fer_opt("create-study", "--config", spec, "--storage", storage_url, "--data", sample_csv)
     args = ("--checkpoint-dir", str(tmp_path / "ckpt"))
     env = {"FER_OPT_HEARTBEAT": "1"}
-    procs = [start_worker(storage_url, tmp_path / f"w{i}.log", *args, env=env) for i in range(WORKERS)]
+    logs = [tmp_path / f"w{i}.log" for i in range(WORKERS)]
+    procs = [start_worker(storage_url, log, *args, env=env) for log in logs]
     study = optuna.load_study(study_name="tiny", storage=fer_storage.open_storage(storage_url))
     rng = random.Random(0)
     kills, restarted_db, seen_finished = [], False, {}
     deadline = time.monotonic() + 600
     while any(p.poll() is None for p in procs):
         assert time.monotonic() < deadline, "the chaos study did not finish in 10 minutes"
-        time.sleep(rng.uniform(2, 4))
+        time.sleep(rng.uniform(1, 2.5))
         trials = study.get_trials()
         seen_finished.update({t.number: t.value for t in trials if t.state == TrialState.COMPLETE})
         if len(kills) < KILLS:
@@ -52,13 +53,14 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
                 hit = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))
                        if t.user_attrs.get("worker", "").endswith(tag)]
                 kills.append(hit[0] if hit else None)
-                procs[i] = start_worker(storage_url, tmp_path / f"w{i}-{len(kills)}.log", *args, env=env)
+                logs[i] = tmp_path / f"w{i}-{len(kills)}.log"
+                procs[i] = start_worker(storage_url, logs[i], *args, env=env)
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         if "postgres" in request.node.callspec.id and not restarted_db and done >= BUDGET // 3:
             request.getfixturevalue("postgres").pg_ctl("restart", "fast")
             restarted_db = True
-    logs = "\n".join(p.read_text() for p in tmp_path.glob("w*.log"))
-    assert all(p.returncode in (0, -signal.SIGKILL) for p in procs), logs[-3000:]
+    for p, log in zip(procs, logs):
+        assert p.returncode in (0, -signal.SIGKILL), f"a worker exited with {p.returncode}:\n{log.read_text()[-3000:]}"
 
     trials = study.get_trials()
     states = [t.state for t in trials]

@@ -1,3 +1,5 @@
+import threading
+import time
 
 import optuna
 import pytest
@@ -84,6 +86,19 @@ def test_unreachable_storage_is_one_line_with_masked_password():
     assert "cannot reach the study storage postgresql+psycopg://fer:***@127.0.0.1:1/optuna" in proc.stderr
     bad = fer_opt("status", "--storage", "mysql://x", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path, monkeypatch):
+    """Just after a database outage every running trial's heartbeat is old; only one that stays old is stale."""
+    monkeypatch.setenv("FER_OPT_HEARTBEAT", "1")  # grace period 3 s
+    storage = fer_storage.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=True)
+    study = optuna.create_study(storage=storage)
+    live, dead = study.ask(), study.ask()
+    for trial in (live, dead):
+        storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)
+    threading.Timer(0.5, storage.record_heartbeat, (live._trial_id,)).start()  # the live worker's heartbeat resumes
+    assert storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
 
 
 def test_export_requires_a_complete_trial(tmp_path, sample_csv):

@@ -135,6 +135,31 @@ def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path, sample_csv):
+    """What a worker finds after losing the database for longer than the grace period:
+    another worker has failed its trial as stale and re-queued it."""
+    spec = tmp_path / "slow.yaml"
+    tiny_study(spec, train={"epochs": 12}, n_trials=2)
+    url = f"sqlite:///{tmp_path}/study.db"
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    proc = start_worker(url, tmp_path / "w.log", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    study = load(url)
+    wait_for(lambda: any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in study.get_trials()),
+             120, "a trial to report two epochs")
+    running = study.get_trials(states=(TrialState.RUNNING,))[0]
+    study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # as fail_stale_trials does
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)(study, running)
+    log = tmp_path / "w.log"
+    assert proc.wait(timeout=300) == 0, log.read_text()
+    assert f"trial {running.number} was failed as stale by another worker" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    trials = study.get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == running.number)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.user_attrs["resumed_at_epoch"] >= 2
+
+
 def test_sigterm_requeues_the_running_trial_and_exits_143(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
     tiny_study(spec, train={"epochs": 50})
