@@ -88,6 +88,7 @@ def test_unreachable_storage_is_one_line_with_masked_password():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize, to stage two trials
 def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path, monkeypatch):
     """Just after a database outage every running trial's heartbeat is old; only one that stays old is stale."""
     monkeypatch.setenv("FER_OPT_HEARTBEAT", "1")  # grace period 3 s
