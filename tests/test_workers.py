@@ -149,7 +149,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
              120, "a trial to report two epochs")
     running = study.get_trials(states=(TrialState.RUNNING,))[0]
     study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # as fail_stale_trials does
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)(study, running)
+    fer_storage.open_storage(url, heartbeat=True).get_heartbeat_stale_trial_callback()(study, running)  # the workers' own retry
     log = tmp_path / "w.log"
     assert proc.wait(timeout=300) == 0, log.read_text()
     assert f"trial {running.number} was failed as stale by another worker" in log.read_text()
