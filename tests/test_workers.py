@@ -30,6 +30,14 @@ def start_worker(url: str, log: Path, *args: str, env: dict | None = None) -> su
                             env={**os.environ, "FER_OPT_HEARTBEAT": "1", **(env or {})})
 
 
+def budget_drops(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Trials dropped, by design, because the budget was taken as they started (two workers can
+    both start one as the last finished trial lands); such a trial runs nothing."""
+    dropped = {t.number for t in trials if "budget" in t.user_attrs.get("fail_reason", "")}
+    assert all(not trials[n].intermediate_values for n in dropped), "a trial dropped for the budget ran epochs"
+    return dropped
+
+
 def load(url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
