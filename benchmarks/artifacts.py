@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from fer_optuna import artifacts, data, trainer  # noqa: E402
-from fer_optuna.config import TrainConfig  # noqa: E402
+from fer_optuna.search import artifacts  # noqa: E402
+from fer_optuna.training import data, trainer  # noqa: E402
+from fer_optuna.training.config import TrainConfig  # noqa: E402
 
 
 def upload_seconds(store: artifacts.ArtifactStore, files: list[Path], rounds: int) -> float:

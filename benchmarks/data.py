@@ -33,7 +33,7 @@ t0 = time.perf_counter()
 seconds = time.perf_counter() - t0
 print(round(seconds, 2), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
-FER_OPTUNA = "from fer_optuna import data\nloaded = data.load(sys.argv[1])"
+FER_OPTUNA = "from fer_optuna.training import data\nloaded = data.load(sys.argv[1])"
 PANDAS = """import numpy as np, pandas as pd
 frame = pd.read_csv(sys.argv[1], dtype={"emotion": "int64", "pixels": "string", "Usage": "category"})
 images = np.stack([np.array(p.split(), np.uint8).reshape(48, 48) for p in frame["pixels"]])"""
@@ -41,7 +41,7 @@ images = np.stack([np.array(p.split(), np.uint8).reshape(48, 48) for p in frame[
 
 def write_csv(npz: str, csv: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from fer_optuna import data
+    from fer_optuna.training import data
 
     source = data.load(npz)
     rows = 0

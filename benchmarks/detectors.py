@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from group_photos import CONDITIONS, empty_photos, group_photo, match, portraits  # noqa: E402
-from fer_optuna import detectors  # noqa: E402
+from fer_optuna.recognition import detectors  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
     if args.demo:
         import cv2
 
-        from fer_optuna.recognizer import Recognizer, annotated
+        from fer_optuna.recognition.recognizer import Recognizer, annotated
 
         group = photos[len(portraits())]
         cv2.imwrite(args.demo, annotated(group.rgb, Recognizer(device="cpu").faces(group.rgb)), [cv2.IMWRITE_JPEG_QUALITY, 85])

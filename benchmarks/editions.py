@@ -22,8 +22,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fer_optuna import checkpoints, data, inference, trainer  # noqa: E402
-from fer_optuna.config import TrainConfig  # noqa: E402
+from fer_optuna.training import checkpoints, data, inference, trainer  # noqa: E402
+from fer_optuna.training.config import TrainConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

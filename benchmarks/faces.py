@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from conftest import face_canvas  # noqa: E402
-from fer_optuna import data  # noqa: E402
-from fer_optuna.detectors import DEFAULT_DETECTOR, DETECTORS  # noqa: E402
-from fer_optuna.recognizer import Recognizer, annotated  # noqa: E402
+from fer_optuna.training import data  # noqa: E402
+from fer_optuna.recognition.detectors import DEFAULT_DETECTOR, DETECTORS  # noqa: E402
+from fer_optuna.recognition.recognizer import Recognizer, annotated  # noqa: E402
 
 SIDE = 160
 

@@ -20,8 +20,9 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fer_optuna import data, study, trainer  # noqa: E402
-from fer_optuna import storage as fer_storage  # noqa: E402
+from fer_optuna.training import data, trainer  # noqa: E402
+from fer_optuna.search import study  # noqa: E402
+from fer_optuna.search import storage as fer_storage  # noqa: E402
 
 
 def ranks(values: list[float]) -> np.ndarray:

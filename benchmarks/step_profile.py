@@ -22,9 +22,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fer_optuna import inference, trainer  # noqa: E402
-from fer_optuna.config import TrainConfig  # noqa: E402
-from fer_optuna.models import build_model  # noqa: E402
+from fer_optuna.training import inference, trainer  # noqa: E402
+from fer_optuna.training.config import TrainConfig  # noqa: E402
+from fer_optuna.training.models import build_model  # noqa: E402
 
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 

@@ -31,8 +31,8 @@ EPOCHS = 3
 def _worker(url: str, seconds: float, barrier) -> None:
     import optuna
 
-    from fer_optuna import storage as fer_storage
-    from fer_optuna import study as fer_study
+    from fer_optuna.search import storage as fer_storage
+    from fer_optuna.search import study as fer_study
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = fer_storage.open_storage(url, heartbeat=True)
@@ -56,8 +56,8 @@ def _worker(url: str, seconds: float, barrier) -> None:
 def measure(url: str, workers: int, seconds: float) -> dict:
     import optuna
 
-    from fer_optuna import storage as fer_storage
-    from fer_optuna import study as fer_study
+    from fer_optuna.search import storage as fer_storage
+    from fer_optuna.search import study as fer_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A random sampler: TPE's own cost grows with the history and would hide the storage's.

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fer_optuna import augment, data, inference, trainer  # noqa: E402
-from fer_optuna.config import TrainConfig  # noqa: E402
-from fer_optuna.models import build_model  # noqa: E402
+from fer_optuna.training import augment, data, inference, trainer  # noqa: E402
+from fer_optuna.training.config import TrainConfig  # noqa: E402
+from fer_optuna.training.models import build_model  # noqa: E402
 
 TRAIN_IMAGES = 28709
 

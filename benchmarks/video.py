@@ -21,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from group_photos import moving_faces_clip  # noqa: E402
-from fer_optuna.detectors import DETECTORS  # noqa: E402
-from fer_optuna.recognizer import Recognizer  # noqa: E402
+from fer_optuna.recognition.detectors import DETECTORS  # noqa: E402
+from fer_optuna.recognition.recognizer import Recognizer  # noqa: E402
 
 
 def main() -> None:

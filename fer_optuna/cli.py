@@ -67,8 +67,8 @@ def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
     Training can leave out blank images (drop_blank: true) and train images that also appear
     in val or test (drop_cross_split: true), in a config or with `train --set`.
     """
-    from . import data as fer_data
-    from . import quality
+    from .training import data as fer_data
+    from .training import quality
 
     report = quality.inspect(fer_data.load(path, resize=resize))
     click.echo(json.dumps(report) if as_json else quality.format_inspect(report))
@@ -77,8 +77,8 @@ def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
 @main.command()
 def models() -> None:
     """The model registry, with parameter counts at the default size."""
-    from .config import TrainConfig
-    from .models import MODELS, build_model, count_parameters, describe
+    from .training.config import TrainConfig
+    from .training.models import MODELS, build_model, count_parameters, describe
 
     cfg = TrainConfig()
     click.echo(f"{'model':<10}{'parameters':>12}  description (dropout {cfg.dropout}, hidden_dim {cfg.hidden_dim}, width 1)")
@@ -121,9 +121,10 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
     The run's state is saved after every epoch: stopped (Ctrl-C, SIGTERM, a crash), the same
     command resumes after the last finished epoch. A changed config or data starts afresh.
     """
-    from . import data as fer_data
-    from . import pipeline, trainer
-    from .config import TrainConfig, load_config
+    from .training import data as fer_data
+    from . import pipeline
+    from .training import trainer
+    from .training.config import TrainConfig, load_config
 
     cfg = load_config(config_path) if config_path else TrainConfig()
     flags = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
@@ -151,8 +152,8 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 @PRECISION_OPTION
 def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
-    from . import data as fer_data
-    from . import checkpoints, inference, metrics, trainer
+    from .training import data as fer_data
+    from .training import checkpoints, inference, metrics, trainer
 
     dev = trainer.resolve_device(device)
     model_path = model_path or checkpoints.BUNDLED_MODEL
@@ -181,6 +182,9 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision
               help="Face detector: mtcnn finds the most faces with the fewest false boxes; yunet is faster and misses "
                    "more small faces; haar (OpenCV's cascade) for comparison.")
 @click.option("--no-detect", is_flag=True, help="Classify each image whole (it already is a face crop) instead of finding faces.")
+@click.option("--min-face", type=click.IntRange(min=4), metavar="PX",
+              help="Look for faces down to PX pixels across, upscaling the photo where the detector needs it "
+                   "[default: the detector's limit, which grows with the photo; each photo's line says it].")
 @click.option("-o", "--out", type=click.Path(path_type=Path),
               help="Write one row per face (per sampled frame of a video) for all inputs to this .csv or .jsonl file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per photo (per sampled frame of a video).")
@@ -192,17 +196,18 @@ def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @DEVICE_OPTION
 @PRECISION_OPTION
-def predict(inputs, model_path, detector, no_detect, out, as_json, annotate_dir, every, rate, tta, device, precision) -> None:
+def predict(inputs, model_path, detector, no_detect, min_face, out, as_json, annotate_dir, every, rate, tta, device,
+            precision) -> None:
     """The emotion of every face in photos and videos: its box, detector score, emotion and probabilities.
 
     Takes image files, folders of them, quoted globs ('photos/*.jpg') and videos (any container and
     codec OpenCV reads). A 48x48 image (or any image with --no-detect) is classified whole. In a
     video each face keeps an id from frame to frame. A photo without a face says so and is not an error.
     """
-    from . import predict as fer_predict
-    from .recognizer import Recognizer
+    from .recognition import predict as fer_predict
+    from .recognition.recognizer import Recognizer
 
-    recognizer = Recognizer(model_path, detector, device, precision, tta)
+    recognizer = Recognizer(model_path, detector, device, precision, tta, min_face)
     opts = fer_predict.PredictOptions(out, annotate_dir, as_json, not no_detect, every, rate)
     fer_predict.predict(recognizer, list(inputs), opts, click.echo)
     if annotate_dir:
@@ -218,8 +223,8 @@ STORAGE_OPTION = click.option(
 
 
 def _open_study(storage: str | None, name: str | None):
-    from . import study as fer_study
-    from .storage import open_storage
+    from .search import study as fer_study
+    from .search.storage import open_storage
 
     store = open_storage(storage)
     return fer_study.load_study(name or fer_study.single_study_name(store), store)
@@ -236,9 +241,9 @@ def _open_study(storage: str | None, name: str | None):
               help=ARTIFACTS_HELP + " [default: a folder 'artifacts' beside a SQLite file; none for PostgreSQL]")
 def create_study(spec_path, storage, name, data, skip_if_exists, replace, artifacts) -> None:
     """Create a study from a study file; workers then build everything from the storage (and its artifact store)."""
-    from . import study as fer_study
-    from .artifacts import study_store
-    from .storage import mask_url, storage_url
+    from .search import study as fer_study
+    from .search.artifacts import study_store
+    from .search.storage import mask_url, storage_url
 
     created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace, artifacts)
     url = mask_url(storage_url(storage))
@@ -269,9 +274,9 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
     Ctrl-C or SIGTERM fails the running trial and queues it again (it resumes from its last
     epoch), then exits 130 or 143; a second one exits at once.
     """
-    from . import study as fer_study
-    from . import worker as fer_worker
-    from .storage import open_storage
+    from .search import study as fer_study
+    from .search import worker as fer_worker
+    from .search.storage import open_storage
 
     name = study_name or fer_study.single_study_name(open_storage(storage))
     devices = fer_worker.parse_devices(gpu)
@@ -287,8 +292,8 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(study_name, storage, as_json) -> None:
     """Trials by state, the best trial, running trials and throughput."""
-    from . import study as fer_study
-    from .storage import storage_url
+    from .search import study as fer_study
+    from .search.storage import storage_url
 
     found, spec = _open_study(storage, study_name)
     info = fer_study.status(found, spec)
@@ -307,11 +312,18 @@ def status(study_name, storage, as_json) -> None:
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Convert this model file instead (with --onnx, or --model and --fp16); no study needed.")
 @click.option("--fp16", is_flag=True, help="With --model: store the weights in fp16, half the file (they load as fp32).")
-def export(study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16) -> None:
-    """Write the best trial's training config, for `fer-opt train --config`, and optionally its model."""
-    from . import checkpoints
-    from . import study as fer_study
-    from .storage import storage_url
+@click.option("--pick", "rule", metavar="RULE",
+              help="Export the most accurate trial that keeps to RULE instead, e.g. 'latency_ms<=3' or "
+                   "'latency_ms<=3,params<2e6' (measures: val_accuracy, params, macs, size_mb, latency_ms, latency_b32_ms).")
+def export(study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16, rule) -> None:
+    """Write the best feasible trial's training config, for `fer-opt train --config`, and optionally its model.
+
+    In a study with constraints, the best trial is the most accurate one that keeps to them; in a
+    multi-objective study, --pick chooses from the Pareto front that `fer-opt status` prints."""
+    from .training import checkpoints
+    from .search import budget
+    from .search import study as fer_study
+    from .search.storage import storage_url
 
     if checkpoint:
         if not (onnx_out or model_out):
@@ -323,32 +335,39 @@ def export(study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16)
         if onnx_out:
             _export_onnx(ckpt, onnx_out)
         return
+    if rule and top != 1:
+        raise FerOptError("--pick chooses one trial; leave out --top")
     found, spec = _open_study(storage, study_name)
     url = storage_url(storage)
-    paths = fer_study.export(found, spec, out, top, url)
+    chosen = budget.pick(found, rule) if rule else None
+    paths = fer_study.export(found, spec, out, top, url, rule)
     for path in paths:
         click.echo(f"wrote {path}")
+    if chosen is not None:
+        click.echo(f"picked trial {chosen.number}: val accuracy {chosen.values[0]:.4f}, "
+                   f"{budget.format_costs(budget.costs_of(chosen))}")
     if len(paths) < top:
         click.echo(f"the study has only {len(paths)} complete trial(s) so far")
     if model_out:
-        from . import report
+        from .search import report
 
-        trial = report.export_model(found, model_out, url)
+        trial = report.export_model(found, model_out, url, chosen)
         if fp16:
             checkpoints.atomic_save(checkpoints.half_precision(checkpoints.read_checkpoint(model_out)), model_out)
-        click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.value:.4f}")
-        if trial.number != found.best_trial.number:
-            click.echo(f"the study's best trial, {found.best_trial.number}, has its checkpoint on another machine")
+        click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.values[0]:.4f}")
+        best = budget.ranked(found)[0]
+        if chosen is None and trial.number != best.number:
+            click.echo(f"the study's best trial, {best.number}, has its checkpoint on another machine")
     if onnx_out:
-        from . import report
+        from .search import report
 
         found_checkpoints = report.TrialCheckpoints(found)
-        [trial] = found_checkpoints.best(1)
+        [trial] = [chosen] if chosen is not None else found_checkpoints.best(1)
         _export_onnx(found_checkpoints.load(trial), onnx_out)
 
 
 def _export_onnx(ckpt: dict, out: Path) -> None:
-    from .portable import export_onnx
+    from .training.portable import export_onnx
 
     cfg = export_onnx(ckpt, out)
     click.echo(f"wrote {out}: {cfg.model}, equalize {cfg.equalize}, smooth {cfg.smooth}, {out.stat().st_size / 2**20:.1f} MB; "
@@ -367,8 +386,8 @@ def dashboard(storage, host, port, artifacts) -> None:
         click.echo(f"warning: listening on {host}: anyone who can reach this machine can see and edit the studies", err=True)
     from optuna_dashboard import run_server
 
-    from .artifacts import storage_store
-    from .storage import mask_url, open_storage, storage_url
+    from .search.artifacts import storage_store
+    from .search.storage import mask_url, open_storage, storage_url
 
     store = open_storage(storage)
     files = storage_store(store, artifacts)
@@ -387,18 +406,21 @@ def dashboard(storage, host, port, artifacts) -> None:
 @DEVICE_OPTION
 @PRECISION_OPTION
 def ensemble(study_name, storage, top, out, data, device, precision) -> None:
-    """Soft-voting ensemble of the study's K best trials (their best checkpoints)."""
-    from . import data as fer_data
-    from . import inference, report, trainer
-    from .study import ATTR_DATA
+    """Soft-voting ensemble of the study's K best trials (their best checkpoints); in a study with
+    constraints, of the K best that keep to them."""
+    from .training import data as fer_data
+    from .training import inference, trainer
+    from .search import report
+    from .search.study import ATTR_DATA
 
-    found, _ = _open_study(storage, study_name)
+    found, spec = _open_study(storage, study_name)
     members = report.build_ensemble(found, top, out)
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
-               f"(val {', '.join(f'{t.value:.4f}' for t in members)})")
+               f"(val {', '.join(f'{t.values[0]:.4f}' for t in members)})"
+               + ("; feasible trials only" if spec.constraints else ""))
     loaded = fer_data.load(data or found.user_attrs[ATTR_DATA])
     acc, _ = inference.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=inference.inference_bf16(precision))
-    click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].value:+.4f} over the best trial)")
+    click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].values[0]:+.4f} over the best trial)")
 
 
 @main.command("report")
@@ -411,9 +433,10 @@ def ensemble(study_name, storage, top, out, data, device, precision) -> None:
 @PRECISION_OPTION
 def report_cmd(study_name, storage, out, data, top, device, precision) -> None:
     """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
-    from . import data as fer_data
-    from . import inference, report, trainer
-    from .study import ATTR_DATA
+    from .training import data as fer_data
+    from .training import inference, trainer
+    from .search import report
+    from .search.study import ATTR_DATA
 
     found, spec = _open_study(storage, study_name)
     source = data or found.user_attrs[ATTR_DATA]
@@ -434,9 +457,9 @@ def storage() -> None:
 @click.option("--to-name", help="Name in the target [default: the same].")
 def storage_copy(from_url, to_url, study_name, to_name) -> None:
     """Copy a study, its trials and attributes, e.g. from the SQLite file to PostgreSQL when you grow."""
-    from . import study as fer_study
-    from .artifacts import study_store
-    from .storage import mask_url
+    from .search import study as fer_study
+    from .search.artifacts import study_store
+    from .search.storage import mask_url
 
     copied = fer_study.copy(from_url, to_url, study_name, to_name)
     click.echo(f"copied study {copied.study_name} to {mask_url(to_url)}")

@@ -17,13 +17,14 @@ from typing import Callable
 
 import torch
 
-from . import checkpoints, interrupts, trainer
-from . import data as fer_data
-from . import study as fer_study
-from . import worker as fer_worker
-from .config import TrainConfig, load_config
+from . import interrupts
 from .errors import FerOptError
-from .storage import mask_url, open_storage, storage_url
+from .search import study as fer_study
+from .search import worker as fer_worker
+from .search.storage import mask_url, open_storage, storage_url
+from .training import checkpoints, trainer
+from .training import data as fer_data
+from .training.config import TrainConfig, load_config
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

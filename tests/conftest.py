@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_optuna.config import FIELDS
-from fer_optuna.study import SPEC_KEYS
+from fer_optuna.training.config import FIELDS
+from fer_optuna.search.study import SPEC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FER_SHARED_DATA", ROOT.parent / "shared" / "data"))

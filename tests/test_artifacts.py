@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, fer_opt, tiny_study
-from fer_optuna import artifacts, checkpoints
+from fer_optuna.search import artifacts
+from fer_optuna.training import checkpoints
 from fer_optuna.errors import FerOptError
 from test_dashboard import _browser, _chromium, _free_port
 from test_workers import wait_for

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY, fer_opt, tiny_study
-from fer_optuna import storage as fer_storage
+from fer_optuna.search import storage as fer_storage
 from test_workers import budget_drops, start_worker
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fer_optuna import checkpoints, data, inference, trainer
-from fer_optuna.models import build_model
-from fer_optuna.config import TrainConfig
+from fer_optuna.training import checkpoints, data, inference, trainer
+from fer_optuna.training.models import build_model
+from fer_optuna.training.config import TrainConfig
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import fer_opt, synthetic_rows, write_csv
-from fer_optuna import data
+from fer_optuna.training import data
 from fer_optuna.errors import FerOptError
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 from fer_optuna.cli import main
-from fer_optuna.data import CLASSES
+from fer_optuna.training.data import CLASSES
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # `fer-opt` then its words, up to the end of the command: a backtick, a comment, a pipe, `&&` or `;`.

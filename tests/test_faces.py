@@ -9,10 +9,11 @@ from PIL import Image
 
 from conftest import fer_opt
 from group_photos import PHOTOS, empty_photos, group_photo, match, moving_faces_clip, portraits
-from fer_optuna import Recognizer, detectors, faces
-from fer_optuna.data import CLASSES
+from fer_optuna import Recognizer
+from fer_optuna.recognition import detectors, faces
+from fer_optuna.training.data import CLASSES
 from fer_optuna.errors import FerOptError
-from fer_optuna.video import FaceTracker
+from fer_optuna.recognition.video import FaceTracker
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,34 @@ def test_the_default_detector_finds_most_faces_of_group_photos_one_box_each():
     assert recall >= 0.8 and false <= 1, (recall, false)
     # What made it the default: Haar, the detector before it, finds far fewer of the same faces.
     assert score("haar")[0] < recall - 0.2
+
+
+def test_each_photo_says_how_small_a_face_was_looked_for_and_min_face_finds_smaller(tmp_path):
+    """A portrait shrunk until its head is 8 px across: below MTCNN's limit, the line says so and
+    what to pass; with that --min-face the detector looks at it upscaled and finds the face."""
+    [portrait] = [p for p in portraits() if p.name == "obama3.jpg"]
+    scale = 8 / portrait.boxes[0][2]
+    small = tmp_path / "far.png"
+    Image.fromarray(portrait.rgb).resize((round(portrait.rgb.shape[1] * scale), round(portrait.rgb.shape[0] * scale)),
+                                         Image.LANCZOS).save(small)
+    [line] = fer_opt("predict", small).stdout.splitlines()
+    assert line.startswith(f"{small}: no face found; mtcnn looked for faces 20 px across or larger: "
+                           "for smaller faces pass --min-face 10"), line
+    summary, face = fer_opt("predict", small, "--min-face", "10").stdout.splitlines()
+    assert summary == f"{small}: 1 face(s) found, mtcnn looked for faces 10 px across or larger"
+    [x, y, w, h] = json.loads(fer_opt("predict", small, "--min-face", "10", "--json").stdout)["faces"][0]["box"]
+    tx, ty, tw, th = (v * scale for v in portrait.boxes[0])
+    assert abs(x + w / 2 - (tx + tw / 2)) < tw and abs(y + h / 2 - (ty + th / 2)) < th
+
+
+def test_the_size_limit_grows_with_the_photo_and_an_upscaled_pass_stops_at_4096_px():
+    # MTCNN looks at a photo at most 1280 px long: in a 4000-px wide shot a face under 63 px is not found.
+    assert Recognizer(device="cpu").smallest_face((3000, 4000)) == 63
+    assert Recognizer(device="cpu", min_face=32).smallest_face((3000, 4000)) == 32
+    assert Recognizer(device="cpu", min_face=4).smallest_face((3000, 4000)) == 20  # 4096 px at the most
+    assert Recognizer(device="cpu", detector="yunet").smallest_face(np.zeros((480, 640, 3), np.uint8)) == 10
+    with pytest.raises(FerOptError, match="at least 4 pixels"):
+        Recognizer(device="cpu", min_face=2)
 
 
 def test_one_box_per_face():

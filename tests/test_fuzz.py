@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fer_optuna import data
-from fer_optuna import study as fer_study
+from fer_optuna.training import data
+from fer_optuna.search import study as fer_study
 from fer_optuna.errors import FerOptError
 
 FUZZ = settings(max_examples=int(os.environ.get("FER_OPT_FUZZ_EXAMPLES", "150")), deadline=None,

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, fer_opt, tiny_study
-from fer_optuna import storage as fer_storage
+from fer_optuna.search import storage as fer_storage
 from fer_optuna.errors import FerOptError
 from pgserver import PASSWORD
 from test_workers import budget_drops, start_worker, wait_for

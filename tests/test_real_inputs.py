@@ -9,12 +9,12 @@ from PIL import Image
 
 from conftest import FULL_NPZ, ROOT, face_canvas, fer_opt, synthetic_rows, write_csv
 from group_photos import match
-from fer_optuna import augment, checkpoints, data, quality, trainer
-from fer_optuna.config import TrainConfig
+from fer_optuna.training import augment, checkpoints, data, quality, trainer
+from fer_optuna.training.config import TrainConfig
 from fer_optuna.errors import FerOptError
-from fer_optuna.detectors import detector
-from fer_optuna.models import build_model
-from fer_optuna.portable import Classifier
+from fer_optuna.recognition.detectors import detector
+from fer_optuna.training.models import build_model
+from fer_optuna.training.portable import Classifier
 
 SHIPPED = ROOT / "fer_optuna" / "weights" / "fer2013-best.pt"
 
@@ -202,7 +202,10 @@ def test_predict_boxes_labels_and_annotates(tmp_path, group_photo):
     x, y, w, h = result["faces"][0]["box"]
     assert annotated.shape == original.shape
     assert (annotated[y + h // 2, x] == (40, 220, 40)).all(), "no box drawn at the face's left edge"
-    text = fer_opt("predict", "--model", SHIPPED, path).stdout.splitlines()
+    assert result["detector"] == "mtcnn" and result["smallest_face"] >= 20
+    summary, *text = fer_opt("predict", "--model", SHIPPED, path).stdout.splitlines()
+    assert summary == (f"{path}: {len(result['faces'])} face(s) found, "
+                       f"mtcnn looked for faces {result['smallest_face']} px across or larger")
     assert len(text) == len(result["faces"]) and all(" face " in line and " at (" in line for line in text)
 
 
@@ -213,7 +216,7 @@ def test_face_crops_photos_without_faces_and_bad_files(tmp_path, fer):
     Image.fromarray(np.full((300, 400, 3), 120, np.uint8)).save(empty)
     out = fer_opt("predict", "--model", SHIPPED, crop, empty).stdout.splitlines()
     assert out[0].startswith(f"{crop}: ") and " at " not in out[0]
-    assert out[1] == f"{empty}: no face found"
+    assert out[1].startswith(f"{empty}: no face found; mtcnn looked for faces 20 px across or larger: ")
     [whole] = json.loads(fer_opt("predict", "--model", SHIPPED, empty, "--no-detect", "--json").stdout)["faces"]
     assert whole["box"] == [0, 0, 400, 300]
     broken = tmp_path / "broken.jpg"

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import fer_opt, tiny_study
-from fer_optuna import checkpoints, data, worker
-from fer_optuna import storage as fer_storage
-from fer_optuna import study as fer_study
+from fer_optuna.training import checkpoints, data
+from fer_optuna.search import worker
+from fer_optuna.search import storage as fer_storage
+from fer_optuna.search import study as fer_study
 from test_dashboard import _browser, _chromium
 
 pytestmark = pytest.mark.slow

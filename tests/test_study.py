@@ -5,9 +5,9 @@ import optuna
 import pytest
 
 from conftest import ROOT, TINY, fer_opt, tiny_study
-from fer_optuna import storage as fer_storage
-from fer_optuna import study as fer_study
-from fer_optuna.config import load_config
+from fer_optuna.search import storage as fer_storage
+from fer_optuna.search import study as fer_study
+from fer_optuna.training.config import load_config
 from fer_optuna.errors import FerOptError
 
 

@@ -8,10 +8,10 @@ from torch import nn
 from PIL import Image
 
 from conftest import ROOT, fer_opt, fer_opt_interrupted
-from fer_optuna import augment, checkpoints, data, trainer
-from fer_optuna.config import TrainConfig, config_from_dict, dump_config, load_config
+from fer_optuna.training import augment, checkpoints, data, trainer
+from fer_optuna.training.config import TrainConfig, config_from_dict, dump_config, load_config
 from fer_optuna.errors import FerOptError
-from fer_optuna.models import MODELS, build_model, count_parameters
+from fer_optuna.training.models import MODELS, build_model, count_parameters
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -16,10 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, fer_opt, fer_opt_interrupted, tiny_study
-from fer_optuna import checkpoints
-from fer_optuna import storage as fer_storage
-from fer_optuna import study as fer_study
-from fer_optuna.config import load_config
+from fer_optuna.training import checkpoints
+from fer_optuna.search import storage as fer_storage
+from fer_optuna.search import study as fer_study
+from fer_optuna.training.config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,7 @@ def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
 
 
 def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
-    from fer_optuna.worker import auto_per_device
+    from fer_optuna.search.worker import auto_per_device
 
     assert auto_per_device(["cpu"], cores=16) == 1
     assert auto_per_device(["0"], cores=16) == 4  # the best of 1/2/4 measured on an H200
@@ -236,7 +236,8 @@ def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
 
 
 def _in_process_study(tmp_path, sample_csv, enqueue):
-    from fer_optuna import data, worker
+    from fer_optuna.training import data
+    from fer_optuna.search import worker
 
     url = f"sqlite:///{tmp_path}/s.db"
     created, _ = fer_study.create(TINY, url, data=str(sample_csv))
@@ -250,7 +251,8 @@ def _in_process_study(tmp_path, sample_csv, enqueue):
 
 
 def test_out_of_memory_fails_only_that_trial_with_the_batch_size(tmp_path, sample_csv, monkeypatch):
-    from fer_optuna import augment, worker
+    from fer_optuna.training import augment
+    from fer_optuna.search import worker
 
     real = augment.augment
 
@@ -269,7 +271,8 @@ def test_out_of_memory_fails_only_that_trial_with_the_batch_size(tmp_path, sampl
 
 
 def test_the_median_rule_prunes_a_trial_below_the_median(tmp_path, sample_csv, monkeypatch):
-    from fer_optuna import trainer, worker
+    from fer_optuna.training import trainer
+    from fer_optuna.search import worker
 
     curves = iter([[0.40, 0.50, 0.60], [0.42, 0.52, 0.62], [0.10, 0.10, 0.10]])  # the third is hopeless
 
@@ -288,7 +291,7 @@ def test_the_median_rule_prunes_a_trial_below_the_median(tmp_path, sample_csv, m
 
 
 def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypatch):
-    from fer_optuna import worker
+    from fer_optuna.search import worker
 
     real = torch.nn.CrossEntropyLoss.forward
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, a, b: real(self, a, b) * float("inf"))

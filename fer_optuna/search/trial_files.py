@@ -16,9 +16,9 @@ import optuna
 import torch
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from . import checkpoints, inference, metrics, trainer
+from fer_optuna.training import checkpoints, inference, metrics, trainer
+from fer_optuna.training.data import FerData
 from .artifacts import ArtifactStore
-from .data import FerData
 
 
 class TrialFiles:

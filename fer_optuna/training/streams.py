@@ -22,7 +22,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 
 COMPRESSION = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f)), (b"\xfd7zXZ\x00", lzma.LZMAFile), (b"BZh", bz2.BZ2File))
 HEAD = 512  # enough to tell every format apart: tar's magic sits at byte 257

@@ -27,11 +27,16 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import artifacts, interrupts, trainer
-from . import data as fer_data
-from .errors import FerOptError
-from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
+from fer_optuna import interrupts
+from fer_optuna.errors import FerOptError
+from fer_optuna.training import data as fer_data
+from fer_optuna.training import costs as fer_costs
+from fer_optuna.training import trainer
+from fer_optuna.training.config import TrainConfig
+from . import artifacts
 from .storage import open_storage, storage_url
+from .budget import ATTR_INFEASIBLE, violations
+from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
 from .trial_files import TrialFiles
 
 WAIT_SECONDS = 2.0
@@ -92,7 +97,7 @@ class Objective:
         self.store_failed: int | None = None  # a trial the store failed: the worker queues it again
         self.taken_over: int | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.running = trial.number
         try:
             return self._run(trial)
@@ -100,12 +105,16 @@ class Objective:
             self.taken_over = trial.number
             raise TrialDropped(f"trial {trial.number} was failed as stale by another worker") from None
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         self._check_budget(trial)
         params = suggest(trial, self.spec.space)
         cfg = self.spec.train.replace(**params)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("device", str(self.device))
+        costs = self._costs(trial, cfg)
+        if trial.user_attrs.get(ATTR_INFEASIBLE):  # not worth training: it cannot be deployed
+            self.log(f"trial {trial.number} breaks a constraint, not trained: {trial.user_attrs[ATTR_INFEASIBLE]}")
+            return self._values(0.0, costs)
         try:
             files = self._files(trial)
         except artifacts.StoreUnavailable as e:
@@ -122,7 +131,8 @@ class Objective:
             torch.empty(0, device=self.device)  # the peak counters of a device not yet used do not exist yet
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            result = trainer.train(cfg, self.data, device=self.device, on_epoch=EpochReporter(trial, cfg, tracker, files, self.log),
+            reporter = EpochReporter(trial, cfg, tracker, files, self.log, prune=not self.spec.multi_objective)
+            result = trainer.train(cfg, self.data, device=self.device, on_epoch=reporter,
                                    checkpoint=files and files.checkpoint, state=files and files.state, progress=False,
                                    log=None)
             outcome = "complete"
@@ -150,7 +160,40 @@ class Objective:
         trial.set_user_attr("n_params", result.n_params)
         trial.set_user_attr("best_epoch", result.best_epoch)
         self.log(f"trial {trial.number} complete: val accuracy {result.best_val_acc:.4f} in {result.epochs_run} epochs")
-        return result.best_val_acc
+        return self._values(result.best_val_acc, costs)
+
+    def _costs(self, trial: optuna.Trial, cfg: TrainConfig) -> dict[str, float]:
+        """The model's deployment costs, recorded before it trains, and its constraints as Optuna keeps them.
+
+        An architecture is measured once per study: a trial that shares it with an earlier one takes
+        that one's figures, so that latency noise cannot rank two equal models, nor hosts with other
+        CPUs rank one architecture twice."""
+        key = fer_costs.architecture(cfg)
+        earlier = next((t for t in self.study.get_trials(deepcopy=False)
+                        if t.user_attrs.get("architecture") == key and "latency_ms" in t.user_attrs), None)
+        if earlier is not None:
+            costs = {name: earlier.user_attrs[name] for name in fer_costs.MEASURES}
+            trial.set_user_attr("costs_from_trial", earlier.number)
+        else:
+            costs = fer_costs.measure(cfg)
+            trial.set_user_attr("costs_host", socket.gethostname())
+        trial.set_user_attr("architecture", key)
+        for name, value in costs.items():
+            trial.set_user_attr(name, value)
+        over = violations(self.spec.constraints, costs)
+        for name, amount in over.items():
+            trial.set_constraint(name, amount)
+        broken = [f"{name} {costs[name]:g} " + (f"> max {high:g}" if high is not None and costs[name] > high else f"< min {low:g}")
+                  for name, low, high in self.spec.constraints if over[name] > 0]
+        if broken:
+            trial.set_user_attr(ATTR_INFEASIBLE, "; ".join(broken))
+        return costs
+
+    def _values(self, val_accuracy: float, costs: dict[str, float]) -> float | list[float]:
+        """What Optuna records: val accuracy, then the costs a multi-objective study minimises."""
+        if not self.spec.multi_objective:
+            return val_accuracy
+        return [val_accuracy] + [costs[name] for name in self.spec.objectives[1:]]
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         """A trial that starts when the budget is already taken by trials ahead of it is dropped, not run."""
@@ -183,10 +226,12 @@ class Objective:
 
 
 class EpochReporter:
-    """Called after each epoch of a trial: sends its files to the store, reports to Optuna, records progress, prunes."""
+    """Called after each epoch of a trial: sends its files to the store, reports to Optuna, records progress, prunes.
+    Optuna cannot prune (nor take reports from) a multi-objective trial: there `prune` is False."""
 
-    def __init__(self, trial: optuna.Trial, cfg, tracker, files: TrialFiles | None, log: Callable[[str], None]):
-        self.trial, self.cfg, self.tracker, self.files, self.log = trial, cfg, tracker, files, log
+    def __init__(self, trial: optuna.Trial, cfg, tracker, files: TrialFiles | None, log: Callable[[str], None],
+                 prune: bool = True):
+        self.trial, self.cfg, self.tracker, self.files, self.log, self.prune = trial, cfg, tracker, files, log, prune
         self.started = time.perf_counter()
         self.first_epoch: int | None = None
 
@@ -200,12 +245,13 @@ class EpochReporter:
             self.files.after_epoch(stats)
         self.log(f"trial {trial.number} epoch {stats.epoch}/{self.cfg.epochs}: val accuracy {stats.val_acc:.4f} "
                  f"({stats.seconds:.0f}s)")
-        trial.report(stats.val_acc, stats.epoch)
+        if self.prune:
+            trial.report(stats.val_acc, stats.epoch)
         trial.set_user_attr("epochs_run", stats.epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - self.started, 2))
         if self.tracker:
             self.tracker.log_epoch(stats)
-        if trial.should_prune():
+        if self.prune and trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
 
 

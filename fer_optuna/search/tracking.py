@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .trainer import EpochStats
+from fer_optuna.training.trainer import EpochStats
 
 
 class TrialTracker:

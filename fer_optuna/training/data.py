@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 from .streams import open_payload
 
 CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")

@@ -7,16 +7,19 @@ import html
 import io
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from . import data as fer_data
-from . import artifacts, checkpoints, inference, metrics
-from .errors import FerOptError
-from .study import StudySpec, comparison, format_comparison, provenance, ranked, study_file_text
+from fer_optuna.errors import FerOptError
+from fer_optuna.training import checkpoints, inference, metrics
+from fer_optuna.training import data as fer_data
+from . import artifacts
+from .budget import costs_of, format_costs, format_front, ranked
+from .study import StudySpec, comparison, format_comparison, provenance, status, study_file_text
 
 
 class TrialCheckpoints:
@@ -51,14 +54,18 @@ def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.tria
     found = TrialCheckpoints(study)
     trials = found.best(top)
     checkpoints.save_ensemble(out, [found.load(t) for t in trials], study=study.study_name,
-                              trials=[t.number for t in trials], val_accuracies=[t.value for t in trials])
+                              trials=[t.number for t in trials], val_accuracies=[t.values[0] for t in trials])
     return trials
 
 
-def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.FrozenTrial:
-    """The best trial's best checkpoint as a model file that says where it came from."""
+def export_model(study: optuna.Study, out: Path, url: str,
+                 chosen: optuna.trial.FrozenTrial | None = None) -> optuna.trial.FrozenTrial:
+    """The best feasible trial's (or the chosen one's) best checkpoint as a model file that says where it came from."""
     found = TrialCheckpoints(study)
-    [best] = found.best(1)
+    if chosen is not None and not found.reachable(chosen):
+        raise FerOptError(f"trial {chosen.number}'s checkpoint is neither in the study's artifact store nor on this "
+                          "machine; run the export where its worker ran")
+    [best] = [chosen] if chosen is not None else found.best(1)
     ckpt = found.load(best)
     origin = provenance(study, best, url)
     ckpt["config"] = {**ckpt["config"], "provenance": origin}
@@ -67,6 +74,13 @@ def export_model(study: optuna.Study, out: Path, url: str) -> optuna.trial.Froze
                     "study_file_text": study_file_text(study)}
     checkpoints.atomic_save(ckpt, out)
     return best
+
+
+def _quietly(plot, *args, **kwargs):
+    """Optuna warns that a target is minimised whenever one is given; ours is negated on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return plot(*args, **kwargs)
 
 
 def _figure_html(fig, first: bool) -> str:
@@ -91,17 +105,28 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
     bought = format_comparison(comparison(study, spec))
     if bought:
         sections += ["<h2>What the search bought</h2>", f"<pre>{html.escape(chr(10).join(bought[1:]))}</pre>"]
-    plots = [("Optimisation history", vis.plot_optimization_history),
-             ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values),
-             ("Parallel coordinates", vis.plot_parallel_coordinate)]
+    accuracy = {"target": lambda t: t.values[0], "target_name": "val_accuracy"} if spec.multi_objective else {}
+    # importances are computed for a value to minimise; in a multi-objective study that is -val_accuracy
+    lowest = {"target": lambda t: -t.values[0], "target_name": "val_accuracy"} if spec.multi_objective else {}
+    plots = [("Optimisation history", lambda s: vis.plot_optimization_history(s, **accuracy)),
+             ("Parallel coordinates", lambda s: vis.plot_parallel_coordinate(s, **accuracy))]
+    if not spec.multi_objective:  # Optuna takes no per-epoch reports from a multi-objective trial
+        plots.insert(1, ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values))
     if states["complete"] >= 2:
-        plots.insert(2, ("Parameter importances", vis.plot_param_importances))
+        plots.insert(-1, ("Parameter importances", lambda s: _quietly(vis.plot_param_importances, s, **lowest)))
+    if spec.multi_objective:
+        table = format_front(status(study, spec)["front"])
+        plots.insert(0, ("Pareto front", lambda s: vis.plot_pareto_front(s, target_names=list(spec.objectives))))
+        sections += ["<h2>Pareto front: no trial beats these on every objective</h2>",
+                     f"<pre>{html.escape(chr(10).join(table[1:]))}</pre>"]
     for i, (title, plot) in enumerate(plots):
         sections += [f"<h2>{title}</h2>", _figure_html(plot(study), first=i == 0)]
     complete = ranked(study)
     if complete:
         best = complete[0]
-        sections += [f"<h2>Best trial: {best.number}, val accuracy {best.value:.4f}</h2>",
+        sections += [f"<h2>Best {'feasible ' if spec.constraints else ''}trial: {best.number}, "
+                     f"val accuracy {best.values[0]:.4f}</h2>",
+                     f"<p>{html.escape(format_costs(costs_of(best)))}</p>" if costs_of(best) else "",
                      _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
         found = TrialCheckpoints(study)
         if data is not None and found.reachable(best):

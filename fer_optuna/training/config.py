@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "none")

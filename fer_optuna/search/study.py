@@ -19,15 +19,18 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from .config import FIELDS, TrainConfig, config_from_dict, dump_config
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
+from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
+from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
+                     parse_objectives, pick, ranked)
 from .storage import mask_url, open_storage, storage_url
+
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue"}
-METRIC = "val_accuracy"
+SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue",
+             "constraints", "objectives"}
 PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
-SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}}
+SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}, "nsga2": {"seed", "population_size"}}
 PRUNERS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
            "hyperband": {"min_resource", "reduction_factor"}, "none": set()}
 
@@ -62,6 +65,14 @@ class StudySpec:
     # How the final model differs from the proxy trials (e.g. all the data, more epochs):
     # the exported config is train + the best trial's parameters + these.
     final: tuple[tuple[str, Any], ...] = ()
+    # (measure, lowest, highest) a deployable model must keep to; None: no limit that side
+    constraints: Constraints = ()
+    # what the search optimises: val_accuracy (maximised) first, then costs to minimise
+    objectives: tuple[str, ...] = (METRIC,)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
 
 # --------------------------------------------------------------------------- study files
@@ -156,8 +167,14 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         raise FerOptError(f"{where}: final sets {', '.join(searched)}, which the search chooses; final is for what "
                           "differs between the proxy trials and the final fit (train_subset, val_subset, epochs, ...)")
     config_from_dict({**train.to_dict(), **final}, f"{where}: final")
+    objectives = parse_objectives(where, raw.get("objectives"))
+    if len(objectives) > 1 and "pruner" not in raw:
+        pruner = {"type": "none"}
+    if len(objectives) > 1 and pruner["type"] != "none":
+        raise FerOptError(f"{where}: pruner: Optuna cannot prune a multi-objective study; remove pruner: or set "
+                          "type: none, and keep trials cheap with train_subset and epochs")
     spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text,
-                     tuple(final.items()))
+                     tuple(final.items()), parse_constraints(where, raw.get("constraints")), objectives)
     try:  # build them once here, so that a bad option fails now and not in every worker
         make_sampler(spec)
         make_pruner(spec)
@@ -195,6 +212,8 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         cfg["seed"] = int(cfg["seed"]) + seed_offset
     if spec.sampler["type"] == "random":
         return optuna.samplers.RandomSampler(**cfg)
+    if spec.sampler["type"] == "nsga2":
+        return optuna.samplers.NSGAIISampler(**cfg)
     return optuna.samplers.TPESampler(**cfg)
 
 
@@ -278,11 +297,11 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
         optuna.delete_study(study_name=name, storage=storage)
     if store_url:
         ArtifactStore(store_url).prepare()
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                sampler=make_sampler(spec), pruner=make_pruner(spec))
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
+                                directions=["maximize"] + ["minimize"] * (len(spec.objectives) - 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC])  # the dashboard's axis reads val_accuracy, not "Objective 0"
+        study.set_metric_names(list(spec.objectives))  # the dashboard's axes read val_accuracy, not "Objective 0"
     storage.set_study_system_attr(study._study_id, ATTR_FILE, spec.text)
     if store_url:
         storage.set_study_system_attr(study._study_id, ATTR_ARTIFACTS, store_url)
@@ -294,11 +313,6 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study, True
-
-
-def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The complete trials, best first: what status, export, ensembles and the report choose from."""
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)
 
 
 def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
@@ -314,11 +328,15 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "study": study.study_name,
         "budget": spec.n_trials,
         "trials": by_state,
-        "best": None if best is None else {"number": best.number, "val_accuracy": best.value, "params": best.params,
-                                           "epochs_run": best.user_attrs.get("epochs_run")},
+        "constraints": [{"measure": n, "min": low, "max": high} for n, low, high in spec.constraints],
+        "infeasible": sum(t.state == TrialState.COMPLETE and not feasible(t) for t in trials),
+        "best": None if best is None else {"number": best.number, "val_accuracy": best.values[0], "params": best.params,
+                                           "epochs_run": best.user_attrs.get("epochs_run"), "costs": costs_of(best)},
+        "front": [{"number": t.number, **dict(zip(spec.objectives, t.values)), "costs": costs_of(t)}
+                  for t in front(study)] if spec.multi_objective else None,
         "running": [
             {"number": t.number, "worker": t.user_attrs.get("worker"), "device": t.user_attrs.get("device"),
-             "epoch": max(t.intermediate_values, default=0), "epochs": spec.train.epochs}
+             "epoch": t.user_attrs.get("epochs_run", 0), "epochs": spec.train.epochs}
             for t in trials if t.state == TrialState.RUNNING
         ],
         "trials_per_hour": len(done) / hours if hours > 0 else None,
@@ -345,13 +363,13 @@ def comparison(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
     finished = [t for t in trials if t.state in FINISHED]
 
     def row(t):
-        value = t.value if t.state == TrialState.COMPLETE else t.intermediate_values[_epochs(t)]
+        value = t.values[0] if t.state == TrialState.COMPLETE else t.intermediate_values[_epochs(t)]
         return {"trial": t.number, "val_accuracy": value, "epochs": _epochs(t), "state": t.state.name.lower(),
                 "params": t.params}
 
     spent = sum(_epochs(t) for t in finished)
     saved = sum(spec.train.epochs - _epochs(t) for t in pruned)
-    return {"original": row(original), "best": row(best), "gain": best.value - row(original)["val_accuracy"],
+    return {"original": row(original), "best": row(best), "gain": best.values[0] - row(original)["val_accuracy"],
             "trials": len(finished), "pruned": len(pruned), "epochs_run": spent, "epochs_saved_by_pruning": saved,
             "epochs_without_pruning": spent + saved}
 
@@ -378,10 +396,17 @@ def format_status(info: dict[str, Any], url: str) -> str:
     lines = [f"study {info['study']} on {mask_url(url)}",
              f"trials: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, {t['running']} running, "
              f"{t['waiting']} waiting  ({finished}/{info['budget']} of the budget)"]
+    limits = [f"{c['measure']} " + " and ".join(f"{word} {c[key]:g}" for key, word in (("min", ">="), ("max", "<="))
+                                                  if c[key] is not None) for c in info["constraints"]]
+    if limits:
+        lines.append(f"constraints: {', '.join(limits)}; {info['infeasible']} complete trial(s) broke them")
     best = info["best"]
     if best:
-        lines.append(f"best: trial {best['number']}, val accuracy {best['val_accuracy']:.4f}")
+        lines.append(f"best{' feasible' if limits else ''}: trial {best['number']}, val accuracy {best['val_accuracy']:.4f}"
+                     + (f"  ({format_costs(best['costs'])})" if best["costs"] else ""))
         lines += [f"  {k}: {v}" for k, v in best["params"].items()]
+    if info["front"] is not None:
+        lines += format_front(info["front"])
     for r in info["running"]:
         lines.append(f"running: trial {r['number']} on {r['worker']} ({r['device']}), epoch {r['epoch']}/{r['epochs']}")
     if info["trials_per_hour"]:
@@ -392,14 +417,20 @@ def format_status(info: dict[str, Any], url: str) -> str:
 def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -> dict[str, Any]:
     """Where an exported config or model came from, kept inside it."""
     return {"study": study.study_name, "study_file": study.user_attrs.get(ATTR_PATH), "trial": trial.number,
-            "val_accuracy": round(trial.value, 6), "storage": mask_url(url), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "val_accuracy": round(trial.values[0], 6), **costs_of(trial), "storage": mask_url(url),
+            "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "") -> list[Path]:
-    """Write the `top` best trials' full training configs, readable by `fer-opt train --config`."""
+def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "",
+           rule: str | None = None) -> list[Path]:
+    """Write the `top` best feasible trials' full training configs, readable by `fer-opt train --config`;
+    with a rule (see `pick`), the most accurate trial that keeps to it."""
     complete = ranked(study)
     if not complete:
-        raise FerOptError(f"study {study.study_name!r} has no complete trial yet; run 'fer-opt worker' first")
+        broke = " that keeps to the constraints" if spec.constraints else ""
+        raise FerOptError(f"study {study.study_name!r} has no complete trial{broke} yet; run 'fer-opt worker' first")
+    if rule:
+        complete = [pick(study, rule)]
     out = Path(out)
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, top + 1)]
     final = dict(spec.final)
@@ -407,7 +438,9 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
     for path, trial in zip(paths, complete):
         origin = {**provenance(study, trial, url), **({"proxy": proxy} if final else {})}
         cfg = config_from_dict({**spec.train.to_dict(), **trial.params, **final, "provenance": origin})
-        header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.value:.4f}"
+        header = f"# best trial {trial.number} of study {study.study_name}: val accuracy {trial.values[0]:.4f}"
+        if spec.constraints or rule:
+            header += f" ({format_costs(costs_of(trial))}; the best " + (f"of those with {rule}" if rule else "feasible") + ")"
         if final:
             header += ("\n# found on the proxy " + ", ".join(f"{k} {v}" for k, v in proxy.items())
                        + "; the study file's final: section sets " + ", ".join(f"{k} {v}" for k, v in final.items()))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASSES
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
+from fer_optuna.training.data import CLASSES
 from .faces import IMAGE_SUFFIXES
 from .recognizer import FaceEmotion, Recognizer, annotated
 from .video import VIDEO_SUFFIXES, AnnotatedVideo, VideoSource, plot_emotions
@@ -111,6 +111,19 @@ def predict(recognizer: Recognizer, inputs: list[str | Path], opts: PredictOptio
     return total
 
 
+def _looked_for(recognizer: Recognizer, shape) -> tuple[dict, str]:
+    """What the detector looked for in a picture of this shape, for JSON and in words: a user who
+    gets no face learns which faces were too small to be found and how to look for them."""
+    smallest = recognizer.smallest_face(tuple(shape[:2]))
+    return ({"detector": recognizer.detector_name, "smallest_face": smallest},
+            f"{recognizer.detector_name} looked for faces {smallest} px across or larger")
+
+
+def _none_found(looked: str, smallest: int) -> str:
+    return (f"no face found; {looked}: for smaller faces pass --min-face {max(4, smallest // 2)}, "
+            "for a picture that is one face --no-detect")
+
+
 def _photo(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFile | None, echo, progress) -> int:
     from .faces import read_photo
 
@@ -121,11 +134,14 @@ def _photo(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
     for number, face in enumerate(found, 1):
         if rows:
             rows.add(_row(path, 0, "", face, number))
+    detected = recognizer.detects(rgb.shape, opts.detect)
+    looked, in_words = _looked_for(recognizer, rgb.shape) if detected else ({}, "")
     if opts.as_json:
-        echo(json.dumps({"image": str(path), "faces": [f.to_dict() for f in found]}))
+        echo(json.dumps({"image": str(path), **looked, "faces": [f.to_dict() for f in found]}))
         return len(found)
-    if not found:
-        echo(f"{path}: no face found")
+    if detected:
+        echo(f"{path}: {len(found)} face(s) found, {in_words}" if found
+             else f"{path}: {_none_found(in_words, looked['smallest_face'])}")
     for number, face in enumerate(found, 1):
         ranked = "  ".join(f"{c} {p:.2f}" for c, p in sorted(face.probabilities.items(), key=lambda kv: -kv[1])[:3])
         where = "" if face.box == (0, 0, rgb.shape[1], rgb.shape[0]) else f" face {number} at {face.box}"
@@ -140,7 +156,7 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
     frames = recognizer.video(source, opts.every, opts.rate, all_frames=bool(opts.annotate_dir))
     times: dict[int, list[float]] = {}
     probs: dict[int, list[np.ndarray]] = {}
-    writer, last, sampled = None, [], 0
+    writer, last, sampled, shape = None, [], 0, None
     bar = tqdm(desc=path.name, unit="frame", total=source.frame_count or None, disable=None if progress else True,
                leave=False)
     try:
@@ -154,7 +170,7 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
                 writer.write(annotated(frame.bgr, last, channels="bgr"))
             if not frame.sampled:
                 continue
-            sampled += 1
+            sampled, shape = sampled + 1, frame.bgr.shape
             for face in sorted(frame.faces, key=lambda f: f.id):
                 times.setdefault(face.id, []).append(frame.seconds)
                 probs.setdefault(face.id, []).append(np.array([face.probabilities[c] for c in CLASSES]))
@@ -173,7 +189,11 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
         writer.close(keep=True)
         plot_emotions(times, probs, Path(opts.annotate_dir) / f"{path.stem}-emotions.png", f"{path.name}: emotions over time")
     if not opts.as_json:
-        echo(f"{path}: {sampled} frames analysed, {len(times)} face(s)" + ("" if times else ", no face found"))
+        found = f"{len(times)} face(s)"
+        if shape is not None and recognizer.detects(shape):
+            looked, in_words = _looked_for(recognizer, shape)
+            found = f"{found}, {in_words}" if times else _none_found(in_words, looked["smallest_face"])
+        echo(f"{path}: {sampled} frames analysed, {found}")
         for tid in sorted(times):
             mean = np.mean(probs[tid], 0)
             echo(f"{path}: face {tid}, {times[tid][0]:.1f}-{times[tid][-1]:.1f} s in {len(times[tid])} frames, "

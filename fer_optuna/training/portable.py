@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fer_optuna.errors import FerOptError
 from . import augment, checkpoints, inference, trainer
 from .config import PixelPipeline, TrainConfig
 from .data import CLASSES
-from .errors import FerOptError
 
 OPSET = 18
 

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fer_optuna.errors import FerOptError
 from .config import TrainConfig, config_from_dict
 from .data import CLASSES
-from .errors import FerOptError
 from .models import build_model
 
 CHECKPOINT_FORMAT = "fer-optuna/1"
 # The model that ships inside the package: `predict`, `evaluate` and `Recognizer()` use it when given none.
-BUNDLED_MODEL = Path(__file__).with_name("weights") / "fer2013-best.pt"
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer2013-best.pt"
 
 
 def atomic_save(obj: Any, path: Path) -> None:

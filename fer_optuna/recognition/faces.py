@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SIDE
+from fer_optuna.errors import FerOptError
+from fer_optuna.training.data import SIDE
 from .detectors import Detection
-from .errors import FerOptError
 
 # Photos up to 64 megapixels are read (phone cameras reach 48).
 MAX_PHOTO_PIXELS = 64_000_000

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from fer_optuna.errors import FerOptError
 from . import augment, checkpoints
 from .config import TrainConfig
 from .data import CLASSES, FerData
 from .inference import DeviceSplit, evaluate, to_device
-from .quality import clean
-from .errors import FerOptError
 from .models import build_model, count_parameters
+from .quality import clean
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_optuna.errors import FerOptError
+from fer_optuna.training.checkpoints import BUNDLED_MODEL
+from fer_optuna.training.data import CLASSES, SIDE
 from . import detectors, faces
-from .checkpoints import BUNDLED_MODEL
-from .data import CLASSES, SIDE
 from .detectors import DEFAULT_DETECTOR, Detection
-from .errors import FerOptError
 from .video import FaceTracker, VideoSource
 
 
@@ -55,19 +55,24 @@ class Recognizer:
     """A FER model and a face detector, loaded once.
 
     model: a checkpoint (.pt, also an ensemble) or an .onnx file [default: the bundled model].
-    detector: mtcnn (the default), yunet or haar; see fer_optuna.detectors.
+    detector: mtcnn (the default), yunet or haar; see fer_optuna.recognition.detectors.
+    min_face: look for faces down to this many pixels across [default: the detector's own limit,
+    which grows with the photo: see smallest_face]; below it a photo is looked at upscaled.
     device: auto (CUDA if present), cpu, cuda or cuda:N. precision: fp32 (the default) or bf16.
     tta: average over test-time views (needs a .pt model).
     """
 
     def __init__(self, model: str | Path | None = None, detector: str = DEFAULT_DETECTOR, device: str = "auto",
-                 precision: str | None = None, tta: bool = False):
-        from .portable import Classifier
+                 precision: str | None = None, tta: bool = False, min_face: int | None = None):
+        from fer_optuna.training.portable import Classifier
 
         self.model_path = Path(model) if model else BUNDLED_MODEL
         self.classifier = Classifier(self.model_path, device, precision)
         self.detector_name = detector
+        if min_face is not None and min_face < 4:
+            raise FerOptError(f"min_face {min_face}: a face must be at least 4 pixels across")
         self._detect = detectors.detector(detector)
+        self.min_face = min_face
         self.tta = tta
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
@@ -89,6 +94,16 @@ class Recognizer:
         """
         rgb = faces.as_rgb(image, channels)
         return self._emotions(rgb, self._find(rgb, boxes, detect))
+
+    def smallest_face(self, image, channels: str = "rgb") -> int:
+        """The smallest face, in pixels across, the detector looks for in this picture (or a picture
+        of this (height, width)): a face below it is not found."""
+        shape = tuple(image) if isinstance(image, tuple) else faces.as_rgb(image, channels).shape
+        return self._detect.smallest(shape, self.min_face)
+
+    def detects(self, shape, detect: bool = True) -> bool:
+        """Whether faces() looks for faces in a picture of this shape: a 48x48 one is a face crop."""
+        return detect and tuple(shape[:2]) != (SIDE, SIDE)
 
     def track(self, frames: Iterable, channels: str = "bgr") -> Iterator[list[FaceEmotion]]:
         """The faces of each frame of a stream, each with an id it keeps from frame to frame.
@@ -118,9 +133,9 @@ class Recognizer:
             if any(len(d.box) != 4 or d.box[2] < 1 or d.box[3] < 1 for d in given):
                 raise FerOptError("boxes: expected (x, y, width, height) each, width and height at least 1")
             return faces.faces_in(rgb, given)
-        if not detect or rgb.shape[:2] == (SIDE, SIDE):
+        if not self.detects(rgb.shape, detect):
             return [faces.whole(rgb)]
-        return faces.faces_in(rgb, self._detect(rgb))
+        return faces.faces_in(rgb, self._detect(rgb, self.min_face))
 
     def _emotions(self, rgb: np.ndarray, found: list[faces.Face]) -> list[FaceEmotion]:
         probs = self.classify(np.stack([f.crop for f in found])) if found else np.zeros((0, len(CLASSES)))

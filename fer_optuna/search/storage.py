@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from .errors import FerOptError
+from fer_optuna.errors import FerOptError
 
 _log = logging.getLogger("fer_optuna.storage")
 _RDB = optuna.storages.RDBStorage

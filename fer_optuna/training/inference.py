@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fer_optuna.errors import FerOptError
 from . import augment, checkpoints, metrics
 from .config import PixelPipeline
 from .data import FerData, stratified_indices
-from .errors import FerOptError
 
 INFERENCE_PRECISIONS = ("fp32", "bf16")
 
