@@ -38,25 +38,29 @@ def start(study_file: Path, data: str, folder: Path, threads: int) -> tuple[subp
     return worker, url
 
 
+def pareto(trials: list) -> list:
+    """The trials no other beats on both val accuracy (up) and latency (down)."""
+    def point(t):
+        return t.value, -t.user_attrs["latency_ms"]
+
+    return [t for t in trials if not any(point(o) != point(t) and all(a >= b for a, b in zip(point(o), point(t)))
+                                         for o in trials)]
+
+
 def summary(url: str, seconds: float) -> dict:
     [name] = optuna.get_all_study_names(url)
     study = optuna.load_study(study_name=name, storage=url)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     feasible = [t for t in trials if all(v <= 0 for v in t.constraints.values())]
     best = max(feasible, key=lambda t: t.value)
-    trained = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-               if "infeasible" not in t.user_attrs and "epochs_run" in t.user_attrs]
-    front = [t for t in trained if t.state == TrialState.COMPLETE and not any(
-        o.value >= t.value and o.user_attrs["latency_ms"] <= t.user_attrs["latency_ms"] and o.number != t.number
-        and (o.value, o.user_attrs["latency_ms"]) != (t.value, t.user_attrs["latency_ms"])
-        for o in trained if o.state == TrialState.COMPLETE)]
+    trained = [t for t in trials if "infeasible" not in t.user_attrs]
     row = lambda t: {"trial": t.number, "val_accuracy": round(t.value, 4), "architecture": t.user_attrs["architecture"],  # noqa: E731
                      "latency_ms": t.user_attrs["latency_ms"], "params": t.user_attrs["params"],
                      "macs": t.user_attrs["macs"]}
     return {"study": name, "seconds": round(seconds), "complete": len(trials),
             "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
             "infeasible_not_trained": sum("infeasible" in t.user_attrs for t in trials),
-            "best": row(best), "front": sorted((row(t) for t in front), key=lambda r: -r["val_accuracy"])}
+            "best": row(best), "front": sorted((row(t) for t in pareto(trained)), key=lambda r: -r["val_accuracy"])}
 
 
 def main() -> None:

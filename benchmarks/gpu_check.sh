@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, most important first (about 7 minutes on one H200, 9 with --train):
+# Every GPU check in one run, most important first (about 9 minutes on one H200, 11 with --train):
 #   the CUDA tests; inference in fp32 against bf16 (which the default should be on CUDA); the trainer benchmark (cnn3 at batch 64/128/256, vgg and resnet18 at 128,
 #   against the original-style pipeline); where a cnn3 step's time goes (torch.profiler);
 #   fer2013-cnn3.yaml (8 trials of 10 epochs) with 1, 2 and 4 workers on the GPU;
-#   torch.compile with CUDA graphs on cnn3. With --train, also the shipped model's recipe
+#   torch.compile with CUDA graphs on cnn3; a short run of fer2013-deploy-gpu.yaml and its Pareto front. With --train, also the shipped model's recipe
 #   (models/fer2013-best.yaml, VGG at full width, 60 epochs, then models/fer2013-best-editions.yaml,
 #   2 epochs with degraded copies), which comes back to be scored
 #   on both editions of PublicTest here: python benchmarks/editions.py --models vgg-gpu.pt
@@ -64,6 +64,12 @@ kill $SMI
 step "torch.compile with CUDA graphs on cnn3 at batch 128 (launch overhead)"
 timeout 90 $PY benchmarks/trainer.py --device cuda --data "$DATA" --models cnn3 --batches 128 --workers 8 \
   --compile reduce-overhead --out "$RES/trainer-gpu-cudagraphs.json"
+
+step "fer2013-deploy-gpu.yaml: the accuracy/latency front, 4 workers on GPU 0 for 90 s (latency on this host's CPU)"
+DEPLOY="sqlite:///$WORK/deploy.db"
+$PY -m fer_optuna.cli create-study --config studies/fer2013-deploy-gpu.yaml --storage "$DEPLOY" --data "$DATA" > /dev/null
+timeout 150 $PY -m fer_optuna.cli worker --storage "$DEPLOY" --gpu 0 --per-gpu 4 --timeout 90 2>&1 | tail -5
+$PY -m fer_optuna.cli status --storage "$DEPLOY" | tee "$RES/deploy-gpu-front.txt"
 
 if [ "$TRAIN" = --train ]; then
   step "the shipped model's recipe, stage 1: models/fer2013-best.yaml on the full Training set"

@@ -34,8 +34,8 @@ from fer_optuna.training import costs as fer_costs
 from fer_optuna.training import trainer
 from fer_optuna.training.config import TrainConfig
 from . import artifacts
-from .storage import open_storage, storage_url
 from .budget import ATTR_INFEASIBLE, violations
+from .storage import open_storage, storage_url
 from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
 from .trial_files import TrialFiles
 
