@@ -1,4 +1,4 @@
-"""Chaos: 4 workers on a study of 28 tiny trials while workers are SIGKILLed and restarted
+"""Chaos: 4 workers on a study of 16 tiny trials while workers are SIGKILLed and restarted
 (and, on PostgreSQL, the server restarted). At the end: exactly the budget of finished
 trials, none left running, every killed trial failed and retried, at least one retry
 resumed from its checkpoint, and no finished trial lost."""
@@ -17,7 +17,7 @@ from fer_optuna.search import storage as fer_storage
 from test_workers import budget_drops, start_worker
 
 pytestmark = pytest.mark.slow
-BUDGET, WORKERS, KILLS = 28, 4, 6
+BUDGET, WORKERS, KILLS = 16, 4, 4
 
 
 def test_chaos(storage_url, tmp_path, sample_csv, request):
