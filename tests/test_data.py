@@ -167,7 +167,7 @@ def test_processes_racing_to_build_the_cache_all_get_whole_data(tmp_path):
         results = pool.map(_load_counts, [path] * 8)
     assert all(r == {"train": 300, "val": 50} for r in results)
     assert data.cache_path(path).exists()
-    assert not list(data.cache_path(path).parent.glob("*.tmp"))
+    assert not list(data.cache_path(path).parent.glob("*.partial*"))
 
 
 def _bad(tmp_path: Path, name: str, text: str) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.data import CLASSES
+from fer_optuna.training.files import PartialFile
 from .faces import IMAGE_SUFFIXES
 from .recognizer import FaceEmotion, Recognizer, annotated
 from .video import VIDEO_SUFFIXES, AnnotatedVideo, VideoSource, plot_emotions
@@ -75,9 +75,8 @@ class RowFile:
     def __init__(self, out: Path):
         if out.suffix.lower() not in (".csv", ".jsonl"):
             raise FerOptError(f"--out {out}: expected a .csv or .jsonl file")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.out, self.tmp = out, out.with_name(f".{out.name}.partial")
-        self.file = open(self.tmp, "w", newline="")
+        self.partial = PartialFile(out)
+        self.file = open(self.partial.path, "w", newline="")
         self.csv = csv.DictWriter(self.file, COLUMNS) if out.suffix.lower() == ".csv" else None
         if self.csv:
             self.csv.writeheader()
@@ -89,7 +88,7 @@ class RowFile:
 
     def close(self, keep: bool) -> None:
         self.file.close()
-        os.replace(self.tmp, self.out) if keep else self.tmp.unlink(missing_ok=True)
+        self.partial.close(keep)
 
 
 def predict(recognizer: Recognizer, inputs: list[str | Path], opts: PredictOptions, echo: Callable[[str], None],
@@ -204,8 +203,6 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
 def _write_image(bgr: np.ndarray, out: Path) -> None:
     import cv2
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
-    if not cv2.imwrite(str(tmp), bgr):
-        raise FerOptError(f"{out}: cannot write the annotated image (is the folder writable?)")
-    os.replace(tmp, out)
+    with PartialFile(out) as tmp:
+        if not cv2.imwrite(str(tmp), bgr):
+            raise FerOptError(f"{out}: cannot write the annotated image (is the folder writable?)")

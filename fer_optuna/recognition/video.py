@@ -12,6 +12,7 @@ import numpy as np
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.data import CLASSES
+from fer_optuna.training.files import PartialFile
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 # FFmpeg's own messages about a damaged file would come on top of our one line.
@@ -149,10 +150,10 @@ class AnnotatedVideo:
     def __init__(self, out: Path, fps: float, size: tuple[int, int]):
         import cv2
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.out, self.tmp = out, out.with_name(f".{out.stem}.partial{out.suffix}")
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self.file = PartialFile(out)
+        self.writer = cv2.VideoWriter(str(self.file.path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
+            self.file.close(keep=False)
             raise FerOptError(f"{out}: cannot write the annotated video (is the folder writable?)")
 
     def write(self, bgr: np.ndarray) -> None:
@@ -160,10 +161,7 @@ class AnnotatedVideo:
 
     def close(self, keep: bool) -> None:
         self.writer.release()
-        if keep:
-            os.replace(self.tmp, self.out)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        self.file.close(keep)
 
 
 def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[np.ndarray]], out: Path, title: str,
@@ -190,8 +188,8 @@ def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[np.ndarra
         axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with PartialFile(out) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -21,6 +22,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.training.files import PartialFile
 
 _log = logging.getLogger("fer_optuna.artifacts")
 ATTR_ARTIFACTS = "fer_opt.artifacts"  # the study's store URL (never credentials)
@@ -120,20 +122,12 @@ class ArtifactStore:
 
     def get(self, artifact_id: str, path: Path) -> Path:
         """Download to `path`, whole or not at all."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                reader = self.open_reader(artifact_id)
-                try:
-                    while chunk := reader.read(1 << 20):
-                        out.write(chunk)
-                finally:
-                    reader.close()
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with PartialFile(path) as tmp, open(tmp, "wb") as out:
+            reader = self.open_reader(artifact_id)
+            try:
+                shutil.copyfileobj(reader, out, 1 << 20)
+            finally:
+                reader.close()
         return path
 
     def prepare(self) -> None:

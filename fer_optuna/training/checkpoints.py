@@ -8,8 +8,6 @@ of one, whenever the writer is killed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from torch import nn
 from fer_optuna.errors import FerOptError
 from .config import TrainConfig, config_from_dict
 from .data import CLASSES
+from .files import PartialFile
 from .models import build_model
 
 CHECKPOINT_FORMAT = "fer-optuna/1"
@@ -27,15 +26,8 @@ BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer2013-be
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with PartialFile(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- models

@@ -18,7 +18,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fer_optuna.errors import FerOptError
+from .files import PartialFile
 from .streams import open_payload
 
 CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
@@ -375,20 +375,12 @@ def _source_key(path: Path, files: dict | None, resize: bool) -> str:
 
 
 def _save_cache(target: Path, data: FerData) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{s}_images": data.images[s] for s in data.images}
     arrays |= {f"{s}_labels": data.labels[s] for s in data.labels}
     arrays["notes"] = np.array(data.notes, dtype=str)
-    # Written under a unique name then renamed: a reader never sees half a file,
-    # and two processes building the same cache both end with a whole one.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Two processes building the same cache both end with a whole one.
+    with PartialFile(target) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_cache(target: Path, source: str) -> FerData | None:
