@@ -17,7 +17,7 @@ from conftest import ROOT, fer_opt, tiny_study
 from fer_optuna.errors import FerOptError
 from fer_optuna.search import budget
 from fer_optuna.search import study as fer_study
-from fer_optuna.training import costs
+from fer_optuna.training import costs, portable
 from fer_optuna.training.config import TrainConfig
 from test_dashboard import _browser, _chromium, _free_port
 
@@ -40,7 +40,7 @@ def test_every_measure_of_a_model():
 
 
 def test_latency_counts_this_threads_cpu_time_not_a_busy_hosts_wall_time():
-    graph = costs.onnx_bytes(costs.build_model("cnn3", 0.2, SMALL, 1.0), TrainConfig())
+    graph = portable.onnx_bytes(costs.build_model("cnn3", 0.2, SMALL, 1.0), TrainConfig())
     idle = sorted(costs.latency_ms(graph, 64, min_runs=10))[5]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
     try:

@@ -13,7 +13,6 @@ from .detectors import Detection
 
 # Photos up to 64 megapixels are read (phone cameras reach 48).
 MAX_PHOTO_PIXELS = 64_000_000
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from fer_optuna.errors import FerOptError
-from fer_optuna.training.data import CLASSES
+from fer_optuna.training.data import CLASSES, IMAGE_SUFFIXES
 from fer_optuna.training.files import PartialFile
-from .faces import IMAGE_SUFFIXES
 from .recognizer import FaceEmotion, Recognizer, annotated
 from .video import VIDEO_SUFFIXES, AnnotatedVideo, VideoSource, plot_emotions
 

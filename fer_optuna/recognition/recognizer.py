@@ -12,7 +12,7 @@ The model and the detector are loaded once; every call after that is inference o
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +110,7 @@ class Recognizer:
         channels: 'bgr' by default, as cv2.VideoCapture gives them."""
         tracker = FaceTracker()
         for frame in frames:
-            found = self.faces(frame, channels=channels)
-            yield [replace(f, id=i) for f, i in zip(found, tracker.update([f.box for f in found]))]
+            yield tracker.label(self.faces(frame, channels=channels))
 
     def video(self, source: str | Path | int | VideoSource, every: int = 1, rate: float | None = None,
               all_frames: bool = False) -> Iterator[VideoFrame]:
@@ -120,10 +119,8 @@ class Recognizer:
         source = source if isinstance(source, VideoSource) else VideoSource(source)
         tracker = FaceTracker()
         for frame in source.frames(source.step(every, rate), decode_all=all_frames):
-            found = self.faces(frame.bgr, channels="bgr") if frame.sampled else []
-            ids = tracker.update([f.box for f in found]) if frame.sampled else []
-            yield VideoFrame(frame.index, frame.seconds, [replace(f, id=i) for f, i in zip(found, ids)], frame.sampled,
-                             frame.bgr)
+            found = tracker.label(self.faces(frame.bgr, channels="bgr")) if frame.sampled else []
+            yield VideoFrame(frame.index, frame.seconds, found, frame.sampled, frame.bgr)
 
     # ----------------------------------------------------------------------- the steps
 

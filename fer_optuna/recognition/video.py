@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -14,6 +16,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.training.data import CLASSES
 from fer_optuna.training.files import PartialFile
 
+T = TypeVar("T")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 # FFmpeg's own messages about a damaged file would come on top of our one line.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -142,6 +145,10 @@ class FaceTracker:
                 else:
                     self.tracks[tid] = (last, missed + 1)
         return ids
+
+    def label(self, faces: list[T]) -> list[T]:
+        """The faces of the next frame (dataclasses with a box and an id), each with its id set."""
+        return [dataclasses.replace(f, id=i) for f, i in zip(faces, self.update([f.box for f in faces]))]
 
 
 class AnnotatedVideo:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, TypeVar
@@ -23,6 +22,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.files import PartialFile
+from . import retry
 
 _log = logging.getLogger("fer_optuna.artifacts")
 ATTR_ARTIFACTS = "fer_opt.artifacts"  # the study's store URL (never credentials)
@@ -58,6 +58,10 @@ def _is_transient(error: Exception) -> bool:
     return False
 
 
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
 class ArtifactStore:
     """A study's store: Optuna's ArtifactStore protocol (open_reader, write, remove), each call retried while
     the store is unreachable, plus what fer-optuna does with it (put and get files)."""
@@ -79,27 +83,20 @@ class ArtifactStore:
             self.prefix = ""
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        deadline, delay = None, 0.5
-        while True:
-            try:
-                return call()
-            except ArtifactNotFound:
-                raise
-            except Exception as e:
-                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                if not _is_transient(e):
-                    raise FerOptError(f"artifact store {self.url}: cannot {what} ({reason}); check the URL, the "
-                                      "bucket and the credentials (AWS_* variables)") from None
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + _retry_seconds()
-                    _log.warning("artifact store %s unavailable (%s); retrying for up to %.0f s", self.url, reason,
-                                 _retry_seconds())
-                if now > deadline:
-                    raise StoreUnavailable(f"lost the artifact store {self.url} for over {_retry_seconds():.0f} s ({reason}); "
-                                      "check that it is up (FER_OPT_ARTIFACT_RETRY_SECONDS sets the wait)") from None
-                time.sleep(delay)
-                delay = min(2 * delay, 10.0)
+        seconds = _retry_seconds()
+        try:
+            return retry.retried(
+                call, _is_transient, seconds,
+                warn=lambda e: _log.warning("artifact store %s unavailable (%s); retrying for up to %.0f s", self.url,
+                                            _reason(e), seconds),
+                gave_up=lambda e: StoreUnavailable(f"lost the artifact store {self.url} for over {seconds:.0f} s "
+                                                   f"({_reason(e)}); check that it is up (FER_OPT_ARTIFACT_RETRY_SECONDS "
+                                                   "sets the wait)"))
+        except (ArtifactNotFound, FerOptError):
+            raise
+        except Exception as e:
+            raise FerOptError(f"artifact store {self.url}: cannot {what} ({_reason(e)}); check the URL, the "
+                              "bucket and the credentials (AWS_* variables)") from None
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
         return self._retrying(f"read {artifact_id}", lambda: self.backend.open_reader(self.prefix + artifact_id))

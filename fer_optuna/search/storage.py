@@ -15,14 +15,16 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import optuna
 
 from fer_optuna.errors import FerOptError
+from . import retry
 
 _log = logging.getLogger("fer_optuna.storage")
 _RDB = optuna.storages.RDBStorage
+T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
 
 
@@ -127,25 +129,7 @@ def _is_transient(error: BaseException | None) -> bool:
 def _retrying(method):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        deadline, delay = None, 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as e:
-                if not _is_transient(e):
-                    raise
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + _retry_seconds()
-                    _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
-                                 mask_url(self.url), type(e).__name__, _retry_seconds())
-                if now > deadline:
-                    raise FerOptError(f"lost the study storage {mask_url(self.url)} for over {_retry_seconds():.0f} s; "
-                                      "check that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)") from None
-                self.scoped_session.remove()  # drop the broken session; the next call reconnects
-                time.sleep(delay)
-                # Capped at the heartbeat interval, so that heartbeats resume within one of the server's return.
-                delay = min(2 * delay, self.heartbeat_interval or 10.0)
+        return self.retried(lambda: method(self, *args, **kwargs))
 
     return call
 
@@ -160,6 +144,19 @@ class RetryingRDBStorage(_RDB):
     ones that Optuna's own cache layer and heartbeat call directly
     (optuna/storages/_cached_storage.py, _heartbeat.py).
     """
+
+    def retried(self, call: Callable[[], T]) -> T:
+        """call() until it returns, reconnecting while the database is away (FER_OPT_DB_RETRY_SECONDS)."""
+        seconds = _retry_seconds()
+        return retry.retried(
+            call, _is_transient, seconds,
+            warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
+                                        mask_url(self.url), type(e).__name__, seconds),
+            gave_up=lambda e: FerOptError(f"lost the study storage {mask_url(self.url)} for over {seconds:.0f} s; check "
+                                          "that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)"),
+            before_retry=self.scoped_session.remove,  # drop the broken session; the next call reconnects
+            # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
+            longest_pause=self.heartbeat_interval or 10.0)
 
     create_new_study = _retrying(_RDB.create_new_study)
     delete_study = _retrying(_RDB.delete_study)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import PixelPipeline, TrainConfig
+from .data import SIDE
 
 # FER2013 Training pixel statistics (0-1 scale), fixed so that checkpoints need no data.
 MEAN, STD = 0.5136, 0.3067
-SIDE = 48
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ import io
 import statistics
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +28,9 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .data import SIDE
 from .models import build_model, count_parameters
+from .portable import onnx_bytes
 
 MEASURES = {
     "params": "parameters",
@@ -41,7 +42,7 @@ MEASURES = {
 LOCK = Path(tempfile.gettempdir()) / "fer-optuna-latency.lock"
 
 
-def count_macs(model: nn.Module, side: int = 48) -> int:
+def count_macs(model: nn.Module, side: int = SIDE) -> int:
     """Multiply-accumulates of one face through the model's convolutions and linear layers, counted
     from the shapes a forward pass produces (the rest, ReLU, pooling, norms, is a few percent)."""
     total = 0
@@ -66,20 +67,6 @@ def count_macs(model: nn.Module, side: int = 48) -> int:
     return total
 
 
-def onnx_bytes(model: nn.Module, cfg: TrainConfig) -> bytes:
-    """The model as `fer-opt export-onnx` writes it (pixels in, probabilities out), in memory."""
-    from .portable import OPSET, PixelModel
-
-    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.pixels).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.zeros(2, 1, 48, 48),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["pixels"], output_names=["probabilities"],
-                          dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}})
-    return buffer.getvalue()
-
-
 @contextmanager
 def _one_at_a_time():
     with open(LOCK, "a") as lock:
@@ -98,7 +85,7 @@ def latency_ms(graph: bytes, batch: int, min_runs: int = 30, min_seconds: float 
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, 1, 48, 48)).astype(np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, 1, SIDE, SIDE)).astype(np.float32)
     runs: list[float] = []
     with _one_at_a_time():
         for _ in range(5):  # warm-up: allocations, caches
@@ -120,7 +107,7 @@ def measure(cfg: TrainConfig) -> dict[str, float]:
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)
-    graph = onnx_bytes(model, cfg)
+    graph = onnx_bytes(model, cfg)  # the graph `fer-opt export --onnx` writes
     return {"params": count_parameters(model), "macs": count_macs(model),
             "size_mb": round(len(weights.getvalue()) / 1e6, 3),
             "latency_ms": round(statistics.median(latency_ms(graph, 1)), 4),

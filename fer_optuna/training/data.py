@@ -36,7 +36,8 @@ USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test
 USAGE_CODE = {u: i for i, u in enumerate(USAGE_TO_SPLIT)}
 FOLDER_TO_SPLIT = {"train": "train", "training": "train", "val": "val", "validation": "val",
                    "publictest": "val", "test": "test", "privatetest": "test"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# The image files read (with Pillow): a dataset's class folders, and photos to find faces in.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 # Bump when parsing changes, so that old caches are not reused.
 CACHE_VERSION = 1
 VAL_FRACTION = 0.1

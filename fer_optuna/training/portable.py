@@ -7,6 +7,7 @@ and normalisation) is inside it, so any ONNX runtime gets the same answers as Py
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -18,7 +19,8 @@ from torch import nn
 from fer_optuna.errors import FerOptError
 from . import augment, checkpoints, inference, trainer
 from .config import PixelPipeline, TrainConfig
-from .data import CLASSES
+from .data import CLASSES, SIDE
+from .files import PartialFile
 
 OPSET = 18
 
@@ -35,24 +37,30 @@ class PixelModel(nn.Module):
         return self.model(augment.normalize(x.float() / 255.0)).float().softmax(-1)
 
 
+def onnx_bytes(model: nn.Module, cfg: TrainConfig) -> bytes:
+    """The model as an ONNX graph, in memory: pixels in, probabilities out, any batch size."""
+    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.pixels).eval()
+    example = torch.randint(0, 256, (2, 1, SIDE, SIDE), generator=torch.Generator().manual_seed(0)).float()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=["pixels"], output_names=["probabilities"],
+                          dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}})
+    return buffer.getvalue()
+
+
 def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
     """Write the checkpoint's model as ONNX, with its config and classes in the file's metadata."""
     import onnx
 
     model, cfg = checkpoints.model_from_checkpoint(ckpt, torch.device("cpu"))
-    wrapped = PixelModel(model.to(memory_format=torch.contiguous_format), cfg.pixels).eval()
-    example = torch.randint(0, 256, (2, 1, 48, 48)).float()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (example,), str(out), dynamo=False, opset_version=OPSET,
-                          input_names=["pixels"], output_names=["probabilities"],
-                          dynamic_axes={"pixels": {0: "batch"}, "probabilities": {0: "batch"}})
-    graph = onnx.load(str(out))
+    graph = onnx.load_from_string(onnx_bytes(model, cfg))
     for key, value in (("fer_optuna.classes", json.dumps(list(CLASSES))), ("fer_optuna.config", json.dumps(cfg.to_dict())),
                        ("fer_optuna.meta", json.dumps(ckpt.get("meta", {}), default=str))):
         graph.metadata_props.add(key=key, value=value)
-    onnx.save(graph, str(out))
+    with PartialFile(out) as tmp:
+        onnx.save(graph, str(tmp))
     return cfg
 
 
