@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -55,16 +56,38 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _dashboard(url: str, port: int, log) -> subprocess.Popen | None:
+class _Dashboard:
+    """The dashboard beside the main job: its output goes to a log file, and its death is said when it happens."""
+
+    def __init__(self, url: str, port: int, log_path: Path, log):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--port", str(port)],
+                                         env={**os.environ, "FER_OPT_STORAGE": url},  # not in argv: `ps` shows argv
+                                         stdout=out, stderr=subprocess.STDOUT)
+        self.stopping = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, args=(log_path, log), daemon=True)
+        self.watcher.start()
+
+    def _watch(self, log_path: Path, log) -> None:
+        code = self.proc.wait()
+        if not self.stopping.is_set():
+            log(f"the dashboard exited (status {code}); the study goes on without it; its output: {log_path}")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.proc.terminate()
+
+
+def _dashboard(url: str, port: int, log_path: Path, log) -> _Dashboard | None:
     if not port:
         return None
     if not _port_free(port):
         log(f"port {port} is busy: not starting a dashboard (fer-opt dashboard --port N starts one)")
         return None
-    log(f"dashboard: http://127.0.0.1:{port}/dashboard/ (while the study runs; later: fer-opt dashboard)")
-    return subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--port", str(port)],
-                            env={**os.environ, "FER_OPT_STORAGE": url},  # not in argv: `ps` shows argv
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log(f"dashboard: http://127.0.0.1:{port}/dashboard/ (while the study runs; later: fer-opt dashboard); "
+        f"its output: {log_path}")
+    return _Dashboard(url, port, log_path, log)
 
 
 def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Path, gpu: str, port: int,
@@ -75,7 +98,7 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
     created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True)
     name = created.study_name
     log(f"study {name} {'created' if new else 'resumed'} on {mask_url(url)} from {spec_path}")
-    dashboard = _dashboard(url, port, log)
+    dashboard = _dashboard(url, port, out_dir / "dashboard.log", log)
     try:
         # One worker is repeatable (seed offset 0); several draw different startup trials.
         opts = fer_worker.WorkerOptions(name, url, devices[0], data_path, checkpoint_dir=checkpoint_dir, seed_offset=0)
@@ -84,7 +107,7 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
         code = fer_worker.launch(opts, devices, per)
     finally:
         if dashboard is not None:
-            dashboard.terminate()
+            dashboard.stop()
     if code >= 128:
         raise interrupts.Interrupted(code - 128, "the study's workers were stopped; run the same command again to go on")
     if code:

@@ -252,7 +252,8 @@ class EpochReporter:
         if self.tracker:
             self.tracker.log_epoch(stats)
         if self.prune and trial.should_prune():
-            raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
+            raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch}: pruned by "
+                                     f"{type(trial.study.pruner).__name__}")
 
 
 def _requeue(study: optuna.Study, number: int | None) -> str:

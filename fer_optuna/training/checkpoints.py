@@ -132,8 +132,15 @@ def load_state(path: Path, cfg: TrainConfig, data_key: str) -> tuple[dict | None
 
 
 def saved_history(path: Path) -> list[dict]:
-    """The epochs (EpochStats as dicts) the state at `path` holds; none if there is no readable state."""
+    """The epochs (EpochStats as dicts) the state at `path` holds; none if there is no state file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)["history"]
-    except Exception:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
         return []
+    except Exception as e:  # torch raises many types for a damaged file
+        raise FerOptError(f"{path}: a damaged run state ({str(e).splitlines()[0][:100]}); delete it, and the run "
+                          "starts afresh") from None
+    if not isinstance(state, dict) or not isinstance(state.get("history"), list):
+        raise FerOptError(f"{path}: not a fer-optuna run state (it holds no epoch history); delete it, and the run "
+                          "starts afresh")
+    return state["history"]
