@@ -8,19 +8,25 @@ the URL, and no message ever shows a password.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 import sqlite3
 import time
+import uuid
 import warnings
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from fer_optuna.errors import FerOptError
 from . import retry
+from .optuna_private import RDBStorageInternals
 
 _log = logging.getLogger("fer_optuna.storage")
 _RDB = optuna.storages.RDBStorage
@@ -134,16 +140,22 @@ def _retrying(method):
     return call
 
 
-class RetryingRDBStorage(_RDB):
+class RetryingRDBStorage(RDBStorageInternals):
     """Optuna's RDB storage that waits out a database restart instead of failing the worker.
 
     Every storage call, the heartbeat's included, is retried with backoff while the
     error is a lost connection (or a locked SQLite file); other errors pass through.
     Pooled connections are pre-pinged, so the retry reconnects. The methods below are
-    the whole public storage API (a test checks that none is missing), then the private
-    ones that Optuna's own cache layer and heartbeat call directly
-    (optuna/storages/_cached_storage.py, _heartbeat.py).
+    the whole public storage API (a test checks that none is missing); the private ones
+    that Optuna's own cache and heartbeat call are in optuna_private.RDBStorageInternals.
+
+    A retried write must not be done twice when the database committed it but its answer
+    was lost: a trial is made with a token that the retry finds (CREATE_TOKEN, a system
+    attribute that reads leave out), and a state that the trial already has, with the
+    same values, is the retry's success.
     """
+
+    CREATE_TOKEN = "fer_opt:create_token"
 
     def retried(self, call: Callable[[], T]) -> T:
         """call() until it returns, reconnecting while the database is away (FER_OPT_DB_RETRY_SECONDS)."""
@@ -158,6 +170,63 @@ class RetryingRDBStorage(_RDB):
             # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
             longest_pause=self.heartbeat_interval or 10.0)
 
+    # ----------------------------------------------------------------------- writes safe to retry
+
+    def create_trial_once(self, study_id: int, template: FrozenTrial | None, create) -> FrozenTrial:
+        """create(study_id, template) with a token in the template, so that however often the
+        transaction is tried, one trial is made (optuna_private finds it by the token)."""
+        if template is None:  # what Optuna makes without a template
+            template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, values=None,
+                                   datetime_start=datetime.now(), datetime_complete=None, params={}, distributions={},
+                                   user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1)
+        else:
+            template = copy.deepcopy(template)
+        template.system_attrs = {**template.system_attrs, self.CREATE_TOKEN: uuid.uuid4().hex}
+        return self.without_token(self.retried(functools.partial(create, study_id, template)))
+
+    def without_token(self, trial: FrozenTrial) -> FrozenTrial:
+        if self.CREATE_TOKEN in trial.system_attrs:
+            trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != self.CREATE_TOKEN}
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        """Optuna's, made safe to retry: after a failed try, a trial that already has this state (and these
+        values; a RUNNING one, since this call began) was set by that try, whose answer was lost."""
+        began, tried = datetime.now(), False
+
+        def once() -> bool:
+            nonlocal tried
+            if tried:
+                now = _RDB.get_trial(self, trial_id)
+                if now.state == state and (values is None or now.values == [float(v) for v in values]) and \
+                        (state != TrialState.RUNNING or now.datetime_start >= began):
+                    return True
+            tried = True
+            return _RDB.set_trial_state_values(self, trial_id, state, values)
+
+        return self.retried(once)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self.without_token(self.retried(functools.partial(_RDB.get_trial, self, trial_id)))
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self.get_trial(trial_id).system_attrs
+
+    def confirmed_stale(self, stale_now: Callable[[], list[int]]) -> list[int]:
+        """Running trials whose heartbeat is older than the grace period, and still is two intervals later.
+
+        An outage of the database stops every worker's heartbeat at once, so just after the
+        server returns a live worker's trial looks as stale as a dead one's; failing it would
+        throw its work away. A live worker's heartbeat resumes within an interval, a dead one's never.
+        """
+        stale = stale_now()
+        if stale:
+            time.sleep(2 * self.heartbeat_interval)
+            stale = [i for i in stale_now() if i in stale]
+        return stale
+
+    # ----------------------------------------------------------------------- the rest of the API, retried
+
     create_new_study = _retrying(_RDB.create_new_study)
     delete_study = _retrying(_RDB.delete_study)
     set_study_user_attr = _retrying(_RDB.set_study_user_attr)
@@ -168,47 +237,24 @@ class RetryingRDBStorage(_RDB):
     get_study_user_attrs = _retrying(_RDB.get_study_user_attrs)
     get_study_system_attrs = _retrying(_RDB.get_study_system_attrs)
     get_all_studies = _retrying(_RDB.get_all_studies)
-    create_new_trial = _retrying(_RDB.create_new_trial)
+    create_new_trial = _RDB.create_new_trial  # it calls _create_new_trial, made safe to retry above
     set_trial_param = _retrying(_RDB.set_trial_param)
     get_trial_id_from_study_id_trial_number = _retrying(_RDB.get_trial_id_from_study_id_trial_number)
     get_trial_number_from_id = _retrying(_RDB.get_trial_number_from_id)
     get_trial_param = _retrying(_RDB.get_trial_param)
-    set_trial_state_values = _retrying(_RDB.set_trial_state_values)
     set_trial_intermediate_value = _retrying(_RDB.set_trial_intermediate_value)
     set_trial_user_attr = _retrying(_RDB.set_trial_user_attr)
     set_trial_system_attr = _retrying(_RDB.set_trial_system_attr)
-    get_trial = _retrying(_RDB.get_trial)
     get_all_trials = _retrying(_RDB.get_all_trials)
     get_n_trials = _retrying(_RDB.get_n_trials)
     get_best_trial = _retrying(_RDB.get_best_trial)
     get_trial_params = _retrying(_RDB.get_trial_params)
     get_trial_user_attrs = _retrying(_RDB.get_trial_user_attrs)
-    get_trial_system_attrs = _retrying(_RDB.get_trial_system_attrs)
     record_heartbeat = _retrying(_RDB.record_heartbeat)
     get_heartbeat_interval = _retrying(_RDB.get_heartbeat_interval)
     get_heartbeat_stale_trial_callback = _retrying(_RDB.get_heartbeat_stale_trial_callback)
     get_all_versions = _retrying(_RDB.get_all_versions)
     get_current_version = _retrying(_RDB.get_current_version)
-
-    _stale_now = _retrying(_RDB._get_stale_trial_ids)
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Running trials whose heartbeat is older than the grace period, and still is two intervals later.
-
-        An outage of the database stops every worker's heartbeat at once, so just after the
-        server returns a live worker's trial looks as stale as a dead one's; failing it would
-        throw its work away. A live worker's heartbeat resumes within an interval, a dead one's never.
-        """
-        stale = self._stale_now(study_id)
-        if stale:
-            time.sleep(2 * self.heartbeat_interval)
-            stale = [i for i in self._stale_now(study_id) if i in stale]
-        return stale
-
-    _get_trials = _retrying(_RDB._get_trials)
-    _create_new_trial = _retrying(_RDB._create_new_trial)
-    _set_trial_param = _retrying(_RDB._set_trial_param)
-    _get_best_trial_id = _retrying(_RDB._get_best_trial_id)
 
 
 def _serialize_sqlite_writes(engine) -> None:
