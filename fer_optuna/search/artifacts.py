@@ -23,6 +23,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.files import PartialFile
 from . import retry
+from .optuna_private import study_system_attrs
 
 _log = logging.getLogger("fer_optuna.artifacts")
 ATTR_ARTIFACTS = "fer_opt.artifacts"  # the study's store URL (never credentials)
@@ -171,5 +172,5 @@ def storage_store(storage: optuna.storages.BaseStorage, override: str | None = N
 
 def study_store(study: optuna.Study, override: str | None = None) -> ArtifactStore | None:
     """The study's artifact store (or `override`'s); None for a study without one."""
-    url = override or study._storage.get_study_system_attrs(study._study_id).get(ATTR_ARTIFACTS)
+    url = override or study_system_attrs(study).get(ATTR_ARTIFACTS)
     return ArtifactStore(url) if url else None

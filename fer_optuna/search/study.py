@@ -23,6 +23,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
                      parse_objectives, pick, ranked)
+from .optuna_private import study_system_attrs
 from .storage import mask_url, open_storage, storage_url
 
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
@@ -233,7 +234,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def study_file_text(study: optuna.Study) -> str | None:
     """The study file stored with the study. It is a system attribute, so that `optuna studies`
     and `optuna trials` stay readable; studies created before that kept it in the user attributes."""
-    stored = study._storage.get_study_system_attrs(study._study_id).get(ATTR_FILE)
+    stored = study_system_attrs(study).get(ATTR_FILE)
     return stored if stored is not None else study.user_attrs.get(ATTR_FILE)
 
 
@@ -302,9 +303,10 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(spec.objectives))  # the dashboard's axes read val_accuracy, not "Objective 0"
-    storage.set_study_system_attr(study._study_id, ATTR_FILE, spec.text)
+    study_id = storage.get_study_id_from_name(name)
+    storage.set_study_system_attr(study_id, ATTR_FILE, spec.text)
     if store_url:
-        storage.set_study_system_attr(study._study_id, ATTR_ARTIFACTS, store_url)
+        storage.set_study_system_attr(study_id, ATTR_ARTIFACTS, store_url)
     from optuna_dashboard import save_note
 
     save_note(study, f"Created by `fer-opt create-study` from `{spec_path}`:\n\n```yaml\n{spec.text.rstrip()}\n```\n")

@@ -40,9 +40,9 @@ class TrialFiles:
 
     def take_over(self, study: optuna.Study) -> None:
         """A retry of a trial whose worker died goes on from that attempt's last epoch, from this disk or the store."""
-        frozen = study._storage.get_trial(self.trial._trial_id)
-        for number in reversed(frozen.system_attrs.get("retry_history", [])):
-            earlier = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        trials = study.get_trials(deepcopy=False)  # a study's trials are numbered from 0, in order
+        for number in reversed(trials[self.trial.number].system_attrs.get("retry_history", [])):
+            earlier = trials[number]
             local = self.checkpoint.with_name(f"trial-{number}.pt")
             found = checkpoints.state_path(local).exists()
             if found:  # this host ran it: its files are here

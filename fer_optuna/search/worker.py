@@ -35,6 +35,7 @@ from fer_optuna.training import trainer
 from fer_optuna.training.config import TrainConfig
 from . import artifacts
 from .budget import ATTR_INFEASIBLE, violations
+from .optuna_private import OPTIMIZE_LOGGER, TellingAFinishedTrial
 from .storage import open_storage, storage_url
 from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
 from .trial_files import TrialFiles
@@ -256,7 +257,7 @@ class EpochReporter:
                                      f"{type(trial.study.pruner).__name__}")
 
 
-def _requeue(study: optuna.Study, number: int | None) -> str:
+def _requeue(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int | None) -> str:
     """Queue a trial that this worker was stopped in for another attempt, as a stale one would be:
     same parameters, up to the retry limit, resumed from its last saved epoch."""
     if number is None:
@@ -264,7 +265,7 @@ def _requeue(study: optuna.Study, number: int | None) -> str:
     trial = study.get_trials(deepcopy=False)[number]
     if trial.state != TrialState.FAIL:
         return f"trial {number} had already finished"
-    retry = study._storage.get_heartbeat_stale_trial_callback()
+    retry = storage.get_heartbeat_stale_trial_callback()
     retry(study, trial)
     return f"trial {number} was re-queued for another worker"
 
@@ -294,7 +295,7 @@ def run(opts: WorkerOptions) -> int:
     data = fer_data.load(data_path)
     objective = Objective(study, spec, data, device, opts, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna.study._optimize").addFilter(_DropsOnOneLine())
+    logging.getLogger(OPTIMIZE_LOGGER).addFilter(_DropsOnOneLine())
     deadline = time.monotonic() + opts.timeout if opts.timeout else None
     ran = 0
     where = (f"in {objective.store.url}" if objective.store else
@@ -321,7 +322,7 @@ def run(opts: WorkerOptions) -> int:
                         continue
                 try:
                     study.optimize(objective, n_trials=1, catch=(TrialDropped,))
-                except ValueError:  # Optuna's "Cannot tell a FAIL trial": the one another worker failed
+                except TellingAFinishedTrial:  # the trial another worker failed as stale
                     if objective.taken_over is None:
                         raise
                     log(f"trial {objective.taken_over} was failed as stale by another worker while this one could "
@@ -329,11 +330,11 @@ def run(opts: WorkerOptions) -> int:
                     objective.taken_over = None
                 ran += 1
                 if objective.store_failed is not None:  # the store, not the trial, failed: another attempt
-                    log(_requeue(study, objective.store_failed))
+                    log(_requeue(study, storage, objective.store_failed))
                     objective.store_failed = None
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
-            outcome = _requeue(study, objective.running)
+            outcome = _requeue(study, storage, objective.running)
             log(f"interrupted: {outcome}; exiting")
             raise interrupts.Interrupted(signum, f"worker stopped by {signum.name}; {outcome}") from None
     return ran
