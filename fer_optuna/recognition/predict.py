@@ -74,7 +74,7 @@ class RowFile:
 
     def __init__(self, out: Path):
         if out.suffix.lower() not in (".csv", ".jsonl"):
-            raise FerOptError(f"--out {out}: expected a .csv or .jsonl file")
+            raise FerOptError(f"{out}: expected a .csv or .jsonl file for the rows", flag="--out")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out, self.tmp = out, out.with_name(f".{out.name}.partial")
         self.file = open(self.tmp, "w", newline="")
