@@ -4,6 +4,7 @@ in the library's terms and the CLI adds the flag; commands are thin; the study f
 import ast
 import gzip
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_from_env_reads_every_setting_and_defaults_the_rest():
     for bad in ({"FER_OPT_HEARTBEAT": "soon"}, {"FER_OPT_CPU_BF16": "2"}):
         with pytest.raises(FerOptError, match=next(iter(bad))):
             Settings.from_env(bad)
+
+
+def test_the_docs_list_every_variable_the_edge_reads():
+    read = set(re.findall(r"FER_OPT_[A-Z0-9_]+", (PACKAGE / "options.py").read_text() + (PACKAGE / "cli.py").read_text()))
+    page = (ROOT / "docs" / "development.md").read_text()
+    listed = set(re.findall(r"^\| `(FER_OPT_[A-Z0-9_]+)` \|", page, flags=re.M))
+    assert len(read) >= 10 and listed == read
 
 
 def test_the_cli_hands_the_environment_to_the_library(tmp_path):
