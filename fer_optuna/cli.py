@@ -132,7 +132,8 @@ def train(settings, config_path, data_path, out, device, model, epochs, batch_si
 
     flags = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     overrides = {k: v for k, v in flags.items() if v is not None} | _parse_set(sets)
-    pipeline.train(config_path, data_path, out, device, overrides, resize, log=click.echo, settings=settings)
+    pipeline.train(config_path, data_path, out=out, device=device, overrides=overrides, resize=resize, log=click.echo,
+                   settings=settings)
 
 
 @main.command()
@@ -151,7 +152,8 @@ def evaluate(settings, model_path, data_path, split, as_json, plot, tta, device,
     from . import pipeline
     from .training import metrics
 
-    rep, architecture = pipeline.evaluate(model_path, data_path, split, tta, device, precision, plot, settings.data)
+    rep, architecture = pipeline.evaluate(model_path, data_path, split=split, tta=tta, device=device, precision=precision,
+                                          plot=plot, options=settings.data)
     if as_json:
         click.echo(json.dumps(rep))
         return
@@ -319,11 +321,11 @@ def export(settings, study_name, storage, out, top, model_out, onnx_out, checkpo
     from .search.storage import storage_url
 
     if checkpoint:
-        fer_export.convert(checkpoint, model_out, onnx_out, fp16, log=click.echo)
+        fer_export.convert(checkpoint, model_out=model_out, onnx_out=onnx_out, fp16=fp16, log=click.echo)
         return
     found, spec = _open_study(storage, study_name, settings)
-    fer_export.export(found, spec, storage_url(storage), out, top, rule, model_out, onnx_out, fp16, log=click.echo,
-                      options=settings.stores)
+    fer_export.export(found, spec, storage_url(storage), out, top=top, rule=rule, model_out=model_out, onnx_out=onnx_out,
+                      fp16=fp16, log=click.echo, options=settings.stores)
 
 
 @main.command()
@@ -443,7 +445,8 @@ def run_all(settings, data_path, storage, study_file, gpu, out_dir, port, checkp
     """
     from . import pipeline
 
-    pipeline.run(data_path, storage, study_file, out_dir, gpu, port, checkpoint_dir, log=click.echo, settings=settings)
+    pipeline.run(data_path, storage=storage, spec_path=study_file, out_dir=out_dir, gpu=gpu, port=port,
+                 checkpoint_dir=checkpoint_dir, log=click.echo, settings=settings)
 
 
 @main.command()

@@ -21,6 +21,7 @@ import torch
 from . import interrupts
 from .errors import FerOptError
 from .options import DataOptions, Settings
+from .search import shipped
 from .search import study as fer_study
 from .search import worker as fer_worker
 from .search.storage import mask_url, open_storage, storage_url
@@ -49,7 +50,7 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
     return result
 
 
-def train(config: Path | None, data_path: str | Path, out: Path = Path("model.pt"), device: str = "auto",
+def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model.pt"), device: str = "auto",
           overrides: dict | None = None, resize: bool = False, log: Callable[[str], None] = print,
           settings: Settings | None = None) -> trainer.TrainResult:
     """`fer-opt train`: a config file (else the defaults) with `overrides`, fitted resumably on the data into `out`."""
@@ -67,7 +68,7 @@ def train(config: Path | None, data_path: str | Path, out: Path = Path("model.pt
     return result
 
 
-def evaluate(model_path: Path | None, data_path: str | Path, split: str = "val", tta: bool = False, device: str = "auto",
+def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "val", tta: bool = False, device: str = "auto",
              precision: str = "fp32", plot: Path | None = None,
              options: DataOptions | None = None) -> tuple[dict, str]:
     """`fer-opt evaluate`: a model file's (else the bundled model's) report on a split (metrics.report, and
@@ -102,14 +103,14 @@ def _dashboard(url: str, port: int, log) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run(data_path: str, storage: str | None = None, spec_path: str | None = None, out_dir: Path = Path("runs"),
+def run(data_path: str, *, storage: str | None = None, spec_path: str | None = None, out_dir: Path = Path("runs"),
         gpu: str = "all", port: int = 8080, checkpoint_dir: str = "studies/checkpoints", log=print,
         settings: Settings | None = None) -> Path:
     """The main job; returns the final model's path. `spec_path`: a study file or a shipped study's
     name [default: fer2013-cnn3 with GPUs, quick on CPU]; `port`: the dashboard's, 0 for none."""
     settings = settings or Settings()
     devices = fer_worker.parse_devices(gpu)
-    spec_path = spec_path or ("quick" if devices == ["cpu"] else "fer2013-cnn3")
+    spec_path = shipped.find(spec_path or ("quick" if devices == ["cpu"] else "fer2013-cnn3"))
     url = storage_url(storage)
     created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True, options=settings.stores)
     name = created.study_name

@@ -20,7 +20,7 @@ from .report import TrialCheckpoints
 Log = Callable[[str], None]
 
 
-def export(study: optuna.Study, spec: fer_study.StudySpec, url: str, out: str | Path = "best.yaml", top: int = 1,
+def export(study: optuna.Study, spec: fer_study.StudySpec, url: str, out: str | Path = "best.yaml", *, top: int = 1,
            rule: str | None = None, model_out: Path | None = None, onnx_out: Path | None = None, fp16: bool = False,
            log: Log = print, options: StoreOptions | None = None) -> list[Path]:
     """Write the `top` best feasible trials' configs to `out` (OUT-1.yaml ... with top > 1), or, with a rule
@@ -66,7 +66,7 @@ def best_model(study: optuna.Study, url: str, chosen: optuna.trial.FrozenTrial |
     return trial, ckpt
 
 
-def convert(checkpoint: Path, model_out: Path | None = None, onnx_out: Path | None = None, fp16: bool = False,
+def convert(checkpoint: Path, *, model_out: Path | None = None, onnx_out: Path | None = None, fp16: bool = False,
             log: Log = print) -> None:
     """A model file as a copy (with fp16 weights: half the file, loading as fp32) and/or as ONNX."""
     if not (onnx_out or model_out):
