@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
