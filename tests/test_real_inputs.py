@@ -264,7 +264,7 @@ def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
     _one_line_error(fer_opt("predict", "--model", out, photo, "--tta", check=False),
                     "TTA (tta=True) needs the .pt checkpoint; the ONNX graph scores the image as it is (command line: --tta)")
     _one_line_error(fer_opt("predict", "--model", out, photo, "--precision", "bf16", check=False),
-                    "bf16 needs the .pt checkpoint")
+                    "bf16 inference (precision='bf16') needs the .pt checkpoint", "(command line: --precision)")
 
 
 def test_inference_gives_the_same_answers_whatever_the_cpu(monkeypatch, fer):
