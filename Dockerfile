@@ -3,7 +3,6 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY fer_optuna ./fer_optuna
-COPY studies/*.yaml ./studies/
 RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
 ENTRYPOINT ["fer-opt"]
 CMD ["--help"]

@@ -67,7 +67,8 @@ spec.loader.exec_module(sys.modules["fer_optuna"])
 def measure(body: str, csv: Path, cache: Path, tree: Path | None = None) -> dict:
     if tree is not None:
         body = FROM_TREE.format(tree=tree) + body + "\nassert data.__file__.startswith(str(sys.argv[2]))"
-    env = {**os.environ, "FER_OPT_CACHE": str(cache)}
+    # The library caches under ~/.cache (a tree from before options.py read FER_OPT_CACHE): both point at `cache`.
+    env = {**os.environ, "FER_OPT_CACHE": str(cache), "HOME": str(cache)}
     out = subprocess.run([sys.executable, "-c", MEASURE.format(body=body), str(csv), str(tree)], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
     return {"seconds": float(out[-2]), "peak_rss_mb": int(out[-1])}

@@ -1,4 +1,6 @@
-"""The `fer-opt` command line. Commands are thin: they parse, call a module, print."""
+"""The `fer-opt` command line. Commands are thin: they parse, call a library function a Python user can
+call the same way, print. The environment is read here, once (Settings.from_env), and errors get their
+command-line flag here."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import FerOptError
+from .options import Settings
 
 ARTIFACTS_HELP = ("Artifact store for each trial's checkpoint, run state and figures: a folder, or s3://BUCKET/PREFIX "
                   "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
@@ -28,7 +31,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except FerOptError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {e}" + (f" (command line: {e.flag})" if e.flag else ""), err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was kept
             click.echo("error: stopped by SIGINT", err=True)
@@ -37,15 +40,17 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="fer-optuna")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """fer-optuna: find the best CNN for facial-expression recognition (FER2013) with Optuna.
 
-    Single runs: `train`, `evaluate`, `predict`. Studies: `create-study`, `worker`,
+    Single runs: `train`, `evaluate`, `predict`. Studies: `studies`, `create-study`, `worker`,
     `status`, `export`, `dashboard`, or `run` for all of it in one command.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx.obj = Settings.from_env()  # each command takes it with @click.pass_obj
 
 
 # --------------------------------------------------------------------------- data and models
@@ -60,7 +65,8 @@ def data() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--resize", is_flag=True, help="Resize images that are not 48x48 instead of refusing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: counts, quality checks, notes, cache.")
-def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
+@click.pass_obj
+def data_inspect(settings: Settings, path: Path, resize: bool, as_json: bool) -> None:
     """Images per split and class; blank images, exact duplicates (within and across splits) and
     duplicates with conflicting labels; where the parsed cache lives.
 
@@ -70,7 +76,7 @@ def data_inspect(path: Path, resize: bool, as_json: bool) -> None:
     from .training import data as fer_data
     from .training import quality
 
-    report = quality.inspect(fer_data.load(path, resize=resize))
+    report = quality.inspect(fer_data.load(path, resize=resize, options=settings.data))
     click.echo(json.dumps(report) if as_json else quality.format_inspect(report))
 
 
@@ -115,29 +121,19 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--seed", type=int, help="Override the config's seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field; repeatable.")
 @click.option("--resize", is_flag=True, help="Resize source images that are not 48x48.")
-def train(config_path, data_path, out, device, model, epochs, batch_size, lr, seed, sets, resize) -> None:
+@click.pass_obj
+def train(settings, config_path, data_path, out, device, model, epochs, batch_size, lr, seed, sets, resize) -> None:
     """Train one model; keeps the checkpoint with the best val (PublicTest) accuracy.
 
     The run's state is saved after every epoch: stopped (Ctrl-C, SIGTERM, a crash), the same
     command resumes after the last finished epoch. A changed config or data starts afresh.
     """
-    from .training import data as fer_data
     from . import pipeline
-    from .training import trainer
-    from .training.config import TrainConfig, load_config
 
-    cfg = load_config(config_path) if config_path else TrainConfig()
     flags = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
-    cfg = cfg.replace(**{k: v for k, v in flags.items() if v is not None}, **_parse_set(sets))
-    dev = trainer.resolve_device(device)
-    loaded = fer_data.load(data_path, resize=resize)
-    for note in loaded.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"training {cfg.model} on {dev} for {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr:g}) -> {out}")
-    result = pipeline.fit(cfg, loaded, out, dev, click.echo)
-    ran = result.epochs_run - result.resumed_at
-    click.echo(f"best val accuracy {result.best_val_acc:.4f} at epoch {result.best_epoch}/{result.epochs_run} "
-               f"in {result.seconds:.0f}s ({result.seconds / max(ran, 1):.1f}s/epoch); saved {out}")
+    overrides = {k: v for k, v in flags.items() if v is not None} | _parse_set(sets)
+    pipeline.train(config_path, data_path, out=out, device=device, overrides=overrides, resize=resize, log=click.echo,
+                   settings=settings)
 
 
 @main.command()
@@ -150,28 +146,21 @@ def train(config_path, data_path, out, device, model, epochs, batch_size, lr, se
 @click.option("--tta", is_flag=True, help="Average over test-time views: mirror images, and 10 crops for a model trained with crops.")
 @DEVICE_OPTION
 @PRECISION_OPTION
-def evaluate(model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
+@click.pass_obj
+def evaluate(settings, model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
-    from .training import data as fer_data
-    from .training import checkpoints, inference, metrics, trainer
+    from . import pipeline
+    from .training import metrics
 
-    dev = trainer.resolve_device(device)
-    model_path = model_path or checkpoints.BUNDLED_MODEL
-    model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
-    images, labels = fer_data.load(data_path).split(split)
-    split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
-    _, _, probs = inference.evaluate(model, split_data, inference.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
-    rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
-    rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
-    if plot:
-        metrics.plot_confusion(rep, plot, f"{model_path.name} on {split}: accuracy {rep['accuracy']:.3f}")
+    rep, architecture = pipeline.evaluate(model_path, data_path, split=split, tta=tta, device=device, precision=precision,
+                                          plot=plot, options=settings.data)
     if as_json:
         click.echo(json.dumps(rep))
-    else:
-        click.echo(f"{model_path} ({cfg.model}) on {split}{' with TTA' if tta else ''}, {precision}")
-        click.echo(metrics.format_report(rep))
-        if plot:
-            click.echo(f"confusion matrix plot: {plot}")
+        return
+    click.echo(f"{rep['model']} ({architecture}) on {split}{' with TTA' if tta else ''}, {precision}")
+    click.echo(metrics.format_report(rep))
+    if plot:
+        click.echo(f"confusion matrix plot: {plot}")
 
 
 @main.command()
@@ -207,8 +196,9 @@ def predict(inputs, model_path, detector, no_detect, min_face, out, as_json, ann
     from .recognition import predict as fer_predict
     from .recognition.recognizer import Recognizer
 
-    recognizer = Recognizer(model_path, detector, device, precision, tta, min_face)
-    opts = fer_predict.PredictOptions(out, annotate_dir, as_json, not no_detect, every, rate)
+    recognizer = Recognizer(model_path, detector=detector, device=device, precision=precision, tta=tta, min_face=min_face)
+    opts = fer_predict.PredictOptions(out=out, annotate_dir=annotate_dir, as_json=as_json, detect=not no_detect,
+                                      every=every, rate=rate)
     fer_predict.predict(recognizer, list(inputs), opts, click.echo)
     if annotate_dir:
         click.echo(f"annotated: {annotate_dir}", err=True)
@@ -222,30 +212,33 @@ STORAGE_OPTION = click.option(
          "[default: sqlite:///studies/fer2013.db]")
 
 
-def _open_study(storage: str | None, name: str | None):
+def _open_study(storage: str | None, name: str | None, settings: Settings):
     from .search import study as fer_study
     from .search.storage import open_storage
 
-    store = open_storage(storage)
+    store = open_storage(storage, options=settings.stores)
     return fer_study.load_study(name or fer_study.single_study_name(store), store)
 
 
 @main.command("create-study")
-@click.option("--config", "spec_path", required=True, type=click.Path(path_type=Path), help="A study file, e.g. studies/quick.yaml.")
+@click.option("--config", "spec_path", required=True,
+              help="A study file, or the name of one that ships with fer-optuna (`fer-opt studies` lists them), e.g. quick.")
 @STORAGE_OPTION
 @click.option("--name", help="Study name [default: the study file's name].")
-@click.option("--data", help="Data path stored with the study [default: FER_OPT_DATA, else the study file's data:].")
+@click.option("--data", envvar="FER_OPT_DATA", show_envvar=True, help="Data path stored with the study [default: the study file's data:].")
 @click.option("--skip-if-exists", is_flag=True, help="Succeed if the same study (same study file) already exists.")
 @click.option("--replace", is_flag=True, help="Delete an existing study of that name, trials included, and start over.")
 @click.option("--artifacts", envvar="FER_OPT_ARTIFACTS", show_envvar=True,
               help=ARTIFACTS_HELP + " [default: a folder 'artifacts' beside a SQLite file; none for PostgreSQL]")
-def create_study(spec_path, storage, name, data, skip_if_exists, replace, artifacts) -> None:
+@click.pass_obj
+def create_study(settings, spec_path, storage, name, data, skip_if_exists, replace, artifacts) -> None:
     """Create a study from a study file; workers then build everything from the storage (and its artifact store)."""
     from .search import study as fer_study
     from .search.artifacts import study_store
     from .search.storage import mask_url, storage_url
 
-    created, new = fer_study.create(spec_path, storage, name, data, skip_if_exists, replace, artifacts)
+    created, new = fer_study.create(spec_path, storage, name=name, data=data, skip_if_exists=skip_if_exists,
+                                    replace=replace, artifacts=artifacts, options=settings.stores)
     url = mask_url(storage_url(storage))
     verb = "created" if new else "exists, unchanged:"
     click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")
@@ -268,7 +261,8 @@ def create_study(spec_path, storage, name, data, skip_if_exists, replace, artifa
 @click.option("--artifacts", help=ARTIFACTS_HELP + " [default: the one the study records]")
 @click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
 @click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")
-def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, artifacts, wandb, threads) -> None:
+@click.pass_obj
+def worker(settings, study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, artifacts, wandb, threads) -> None:
     """Pull trials from a study until its trial budget is spent, then exit 0.
 
     Ctrl-C or SIGTERM fails the running trial and queues it again (it resumes from its last
@@ -278,11 +272,12 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
     from .search import worker as fer_worker
     from .search.storage import open_storage
 
-    name = study_name or fer_study.single_study_name(open_storage(storage))
+    name = study_name or fer_study.single_study_name(open_storage(storage, options=settings.stores))
     devices = fer_worker.parse_devices(gpu)
     per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
-    opts = fer_worker.WorkerOptions(name, storage, devices[0], data, n_trials, timeout, checkpoint_dir, artifacts,
-                                    wandb, threads)
+    opts = fer_worker.WorkerOptions(study=name, storage=storage, device=devices[0], data=data, n_trials=n_trials,
+                                    timeout=timeout, checkpoint_dir=checkpoint_dir, artifacts=artifacts, wandb=wandb,
+                                    threads=threads, settings=settings)
     sys.exit(fer_worker.launch(opts, devices, per))
 
 
@@ -290,12 +285,13 @@ def worker(study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoin
 @STUDY_OPTION
 @STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def status(study_name, storage, as_json) -> None:
+@click.pass_obj
+def status(settings, study_name, storage, as_json) -> None:
     """Trials by state, the best trial, running trials and throughput."""
     from .search import study as fer_study
     from .search.storage import storage_url
 
-    found, spec = _open_study(storage, study_name)
+    found, spec = _open_study(storage, study_name, settings)
     info = fer_study.status(found, spec)
     click.echo(json.dumps(info, default=str) if as_json else fer_study.format_status(info, storage_url(storage)))
 
@@ -315,63 +311,21 @@ def status(study_name, storage, as_json) -> None:
 @click.option("--pick", "rule", metavar="RULE",
               help="Export the most accurate trial that keeps to RULE instead, e.g. 'latency_ms<=3' or "
                    "'latency_ms<=3,params<2e6' (measures: val_accuracy, params, macs, size_mb, latency_ms, latency_b32_ms).")
-def export(study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16, rule) -> None:
+@click.pass_obj
+def export(settings, study_name, storage, out, top, model_out, onnx_out, checkpoint, fp16, rule) -> None:
     """Write the best feasible trial's training config, for `fer-opt train --config`, and optionally its model.
 
     In a study with constraints, the best trial is the most accurate one that keeps to them; in a
     multi-objective study, --pick chooses from the Pareto front that `fer-opt status` prints."""
-    from .training import checkpoints
-    from .search import budget
-    from .search import study as fer_study
+    from .search import export as fer_export
     from .search.storage import storage_url
 
     if checkpoint:
-        if not (onnx_out or model_out):
-            raise FerOptError("--checkpoint converts a model file: give --onnx OUT.onnx or --model OUT.pt --fp16 too")
-        ckpt = checkpoints.read_checkpoint(checkpoint)
-        if model_out:
-            checkpoints.atomic_save(checkpoints.half_precision(ckpt) if fp16 else ckpt, model_out)
-            click.echo(f"wrote {model_out}: {model_out.stat().st_size / 2**20:.1f} MB{', fp16 weights' if fp16 else ''}")
-        if onnx_out:
-            _export_onnx(ckpt, onnx_out)
+        fer_export.convert(checkpoint, model_out=model_out, onnx_out=onnx_out, fp16=fp16, log=click.echo)
         return
-    if rule and top != 1:
-        raise FerOptError("--pick chooses one trial; leave out --top")
-    found, spec = _open_study(storage, study_name)
-    url = storage_url(storage)
-    chosen = budget.pick(found, rule) if rule else None
-    paths = fer_study.export(found, spec, out, top, url, rule)
-    for path in paths:
-        click.echo(f"wrote {path}")
-    if chosen is not None:
-        click.echo(f"picked trial {chosen.number}: val accuracy {chosen.values[0]:.4f}, "
-                   f"{budget.format_costs(budget.costs_of(chosen))}")
-    if len(paths) < top:
-        click.echo(f"the study has only {len(paths)} complete trial(s) so far")
-    if model_out:
-        from .search import report
-
-        trial = report.export_model(found, model_out, url, chosen)
-        if fp16:
-            checkpoints.atomic_save(checkpoints.half_precision(checkpoints.read_checkpoint(model_out)), model_out)
-        click.echo(f"wrote {model_out}: trial {trial.number}, val accuracy {trial.values[0]:.4f}")
-        best = budget.ranked(found)[0]
-        if chosen is None and trial.number != best.number:
-            click.echo(f"the study's best trial, {best.number}, has its checkpoint on another machine")
-    if onnx_out:
-        from .search import report
-
-        found_checkpoints = report.TrialCheckpoints(found)
-        [trial] = [chosen] if chosen is not None else found_checkpoints.best(1)
-        _export_onnx(found_checkpoints.load(trial), onnx_out)
-
-
-def _export_onnx(ckpt: dict, out: Path) -> None:
-    from .training.portable import export_onnx
-
-    cfg = export_onnx(ckpt, out)
-    click.echo(f"wrote {out}: {cfg.model}, equalize {cfg.equalize}, smooth {cfg.smooth}, {out.stat().st_size / 2**20:.1f} MB; "
-               f"run it with `fer-opt predict --model {out} PHOTO` or any ONNX runtime")
+    found, spec = _open_study(storage, study_name, settings)
+    fer_export.export(found, spec, storage_url(storage), out, top=top, rule=rule, model_out=model_out, onnx_out=onnx_out,
+                      fp16=fp16, log=click.echo, options=settings.stores)
 
 
 @main.command()
@@ -379,7 +333,8 @@ def _export_onnx(ckpt: dict, out: Path) -> None:
 @click.option("--host", default="127.0.0.1", help="Interface to listen on; 0.0.0.0 exposes the dashboard to the network.")
 @click.option("--port", default=8080, type=int, help="Port to listen on.")
 @click.option("--artifacts", help="The artifact store whose files the trial pages show [default: the studies' own].")
-def dashboard(storage, host, port, artifacts) -> None:
+@click.pass_obj
+def dashboard(settings, storage, host, port, artifacts) -> None:
     """Serve optuna-dashboard on the study storage, with the studies' artifact store: trial pages list and preview
     each trial's checkpoint, confusion matrix and learning curve."""
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -389,8 +344,8 @@ def dashboard(storage, host, port, artifacts) -> None:
     from .search.artifacts import storage_store
     from .search.storage import mask_url, open_storage, storage_url
 
-    store = open_storage(storage)
-    files = storage_store(store, artifacts)
+    store = open_storage(storage, options=settings.stores)
+    files = storage_store(store, artifacts, settings.stores)
     click.echo(f"dashboard for {mask_url(storage_url(storage))} at http://{host}:{port}/dashboard/ (Ctrl-C to stop)")
     if files is not None:
         click.echo(f"trial files from {files.url}")
@@ -405,7 +360,8 @@ def dashboard(storage, host, port, artifacts) -> None:
 @click.option("--data", help="Measure the ensemble's val accuracy on this data [default: the study's data].")
 @DEVICE_OPTION
 @PRECISION_OPTION
-def ensemble(study_name, storage, top, out, data, device, precision) -> None:
+@click.pass_obj
+def ensemble(settings, study_name, storage, top, out, data, device, precision) -> None:
     """Soft-voting ensemble of the study's K best trials (their best checkpoints); in a study with
     constraints, of the K best that keep to them."""
     from .training import data as fer_data
@@ -413,12 +369,12 @@ def ensemble(study_name, storage, top, out, data, device, precision) -> None:
     from .search import report
     from .search.study import ATTR_DATA
 
-    found, spec = _open_study(storage, study_name)
-    members = report.build_ensemble(found, top, out)
+    found, spec = _open_study(storage, study_name, settings)
+    members = report.build_ensemble(found, top, out, settings.stores)
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
                f"(val {', '.join(f'{t.values[0]:.4f}' for t in members)})"
                + ("; feasible trials only" if spec.constraints else ""))
-    loaded = fer_data.load(data or found.user_attrs[ATTR_DATA])
+    loaded = fer_data.load(data or found.user_attrs[ATTR_DATA], options=settings.data)
     acc, _ = inference.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=inference.inference_bf16(precision))
     click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].values[0]:+.4f} over the best trial)")
 
@@ -431,17 +387,19 @@ def ensemble(study_name, storage, top, out, data, device, precision) -> None:
 @click.option("--top", type=int, default=5, help="Ensemble size shown in the report.")
 @DEVICE_OPTION
 @PRECISION_OPTION
-def report_cmd(study_name, storage, out, data, top, device, precision) -> None:
+@click.pass_obj
+def report_cmd(settings, study_name, storage, out, data, top, device, precision) -> None:
     """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
     from .training import data as fer_data
     from .training import inference, trainer
     from .search import report
     from .search.study import ATTR_DATA
 
-    found, spec = _open_study(storage, study_name)
+    found, spec = _open_study(storage, study_name, settings)
     source = data or found.user_attrs[ATTR_DATA]
-    loaded = None if source == "none" else fer_data.load(source)
-    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, inference.inference_bf16(precision))
+    loaded = None if source == "none" else fer_data.load(source, options=settings.data)
+    report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, inference.inference_bf16(precision),
+                        settings.stores)
     click.echo(f"wrote {out}")
 
 
@@ -455,13 +413,14 @@ def storage() -> None:
 @click.option("--to", "to_url", required=True, help="Target storage URL, e.g. postgresql+psycopg://user:pass@host/db.")
 @STUDY_OPTION
 @click.option("--to-name", help="Name in the target [default: the same].")
-def storage_copy(from_url, to_url, study_name, to_name) -> None:
+@click.pass_obj
+def storage_copy(settings, from_url, to_url, study_name, to_name) -> None:
     """Copy a study, its trials and attributes, e.g. from the SQLite file to PostgreSQL when you grow."""
     from .search import study as fer_study
     from .search.artifacts import study_store
     from .search.storage import mask_url
 
-    copied = fer_study.copy(from_url, to_url, study_name, to_name)
+    copied = fer_study.copy(from_url, to_url, study_name, to_name, settings.stores)
     click.echo(f"copied study {copied.study_name} to {mask_url(to_url)}")
     store = study_store(copied)
     if store is not None:
@@ -472,12 +431,13 @@ def storage_copy(from_url, to_url, study_name, to_name) -> None:
 @main.command("run")
 @click.option("--data", "data_path", required=True, envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")
 @STORAGE_OPTION
-@click.option("--study-file", help="Study file [default: studies/fer2013-cnn3.yaml with GPUs, studies/quick.yaml on CPU].")
+@click.option("--study-file", help="A study file, or a shipped study's name [default: fer2013-cnn3 with GPUs, quick on CPU].")
 @click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default="runs", help="Folder for best.yaml and best.pt.")
 @click.option("--port", type=int, default=8080, help="Dashboard port during the study; 0 for none.")
 @click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
-def run_all(data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
+@click.pass_obj
+def run_all(settings, data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
     """The main job: create the study, run workers on every GPU (CPU: quick.yaml), export the best config, train it.
 
     Stopped (Ctrl-C, SIGTERM, a crash), the same command goes on: the study from its trials, the final fit
@@ -485,7 +445,19 @@ def run_all(data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) 
     """
     from . import pipeline
 
-    pipeline.run(data_path, storage, study_file, out_dir, gpu, port, checkpoint_dir, log=click.echo)
+    pipeline.run(data_path, storage=storage, spec_path=study_file, out_dir=out_dir, gpu=gpu, port=port,
+                 checkpoint_dir=checkpoint_dir, log=click.echo, settings=settings)
+
+
+@main.command()
+def studies() -> None:
+    """The study files that ship with fer-optuna, which `create-study --config NAME` and `run --study-file NAME`
+    take by name; copy one to change it."""
+    from .search import shipped
+
+    click.echo(f"study files in {shipped.SHIPPED}:")
+    for name, description in shipped.listing():
+        click.echo(f"  {name:<20}{description}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 create the study, run workers, export the best config, fit it on all the data.
 
 On a machine with GPUs the main job runs the full fer2013-cnn3 study with workers on
-every GPU; on a CPU-only machine it runs studies/quick.yaml, which searches on a proxy
-and then fits the best configuration on all the data (its final: section).
+every GPU; on a CPU-only machine it runs the quick study, which searches on a proxy
+and then fits the best configuration on all the data (its final: section). Both ship
+in the package (search/shipped.py).
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import torch
 
 from . import interrupts
 from .errors import FerOptError
+from .options import DataOptions, Settings
+from .search import shipped
 from .search import study as fer_study
 from .search import worker as fer_worker
 from .search.storage import mask_url, open_storage, storage_url
-from .training import checkpoints, trainer
+from .training import checkpoints, inference, metrics, trainer
 from .training import data as fer_data
 from .training.config import TrainConfig, load_config
 
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
-
-
 def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.device, log: Callable[[str], None] = print,
-        what: str = "training") -> trainer.TrainResult:
+        what: str = "training", cpu_bf16: bool | None = None) -> trainer.TrainResult:
     """Train `cfg` into `out`, resumably: the run's state is saved beside `out` after every epoch
     (model.pt -> model.state.pt), and the same command after Ctrl-C, SIGTERM or a crash resumes
     after the last finished epoch and ends with the same weights as a run never stopped."""
@@ -41,7 +41,7 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
         log(f"{out} exists: this run replaces it with its best epoch")
     with interrupts.first_signal_raises() as received:
         try:
-            result = trainer.train(cfg, data, device=device, checkpoint=out, state=state, log=log)
+            result = trainer.train(cfg, data, device=device, checkpoint=out, state=state, log=log, cpu_bf16=cpu_bf16)
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
             done = len(checkpoints.saved_history(state))
@@ -49,6 +49,42 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
                                          "run the same command again to resume") from None
     state.unlink(missing_ok=True)  # the run is whole: a rerun starts afresh
     return result
+
+
+def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model.pt"), device: str = "auto",
+          overrides: dict | None = None, resize: bool = False, log: Callable[[str], None] = print,
+          settings: Settings | None = None) -> trainer.TrainResult:
+    """`fer-opt train`: a config file (else the defaults) with `overrides`, fitted resumably on the data into `out`."""
+    settings = settings or Settings()
+    cfg = (load_config(config) if config else TrainConfig()).replace(**(overrides or {}))
+    dev = trainer.resolve_device(device)
+    loaded = fer_data.load(data_path, resize=resize, options=settings.data)
+    for note in loaded.notes:
+        log(f"note: {note}")
+    log(f"training {cfg.model} on {dev} for {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr:g}) -> {out}")
+    result = fit(cfg, loaded, out, dev, log, cpu_bf16=settings.cpu_bf16)
+    ran = result.epochs_run - result.resumed_at
+    log(f"best val accuracy {result.best_val_acc:.4f} at epoch {result.best_epoch}/{result.epochs_run} "
+        f"in {result.seconds:.0f}s ({result.seconds / max(ran, 1):.1f}s/epoch); saved {out}")
+    return result
+
+
+def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "val", tta: bool = False, device: str = "auto",
+             precision: str = "fp32", plot: Path | None = None,
+             options: DataOptions | None = None) -> tuple[dict, str]:
+    """`fer-opt evaluate`: a model file's (else the bundled model's) report on a split (metrics.report, and
+    what was scored), and its architecture; `plot` gets the confusion matrix as a PNG."""
+    dev = trainer.resolve_device(device)
+    model_path = Path(model_path or checkpoints.BUNDLED_MODEL)
+    model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
+    images, labels = fer_data.load(data_path, options=options).split(split)
+    split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
+    _, _, probs = inference.evaluate(model, split_data, inference.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
+    rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
+    rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
+    if plot:
+        metrics.plot_confusion(rep, plot, f"{model_path.name} on {split}: accuracy {rep['accuracy']:.3f}")
+    return rep, cfg.model
 
 
 def _port_free(port: int) -> bool:
@@ -90,18 +126,23 @@ def _dashboard(url: str, port: int, log_path: Path, log) -> _Dashboard | None:
     return _Dashboard(url, port, log_path, log)
 
 
-def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Path, gpu: str, port: int,
-        checkpoint_dir: str, log=print) -> Path:
+def run(data_path: str, *, storage: str | None = None, spec_path: str | None = None, out_dir: Path = Path("runs"),
+        gpu: str = "all", port: int = 8080, checkpoint_dir: str = "studies/checkpoints", log=print,
+        settings: Settings | None = None) -> Path:
+    """The main job; returns the final model's path. `spec_path`: a study file or a shipped study's
+    name [default: fer2013-cnn3 with GPUs, quick on CPU]; `port`: the dashboard's, 0 for none."""
+    settings = settings or Settings()
     devices = fer_worker.parse_devices(gpu)
-    spec_path = spec_path or str(STUDIES / ("quick.yaml" if devices == ["cpu"] else "fer2013-cnn3.yaml"))
+    spec_path = shipped.find(spec_path or ("quick" if devices == ["cpu"] else "fer2013-cnn3"))
     url = storage_url(storage)
-    created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True)
+    created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True, options=settings.stores)
     name = created.study_name
     log(f"study {name} {'created' if new else 'resumed'} on {mask_url(url)} from {spec_path}")
     dashboard = _dashboard(url, port, out_dir / "dashboard.log", log)
     try:
         # One worker is repeatable (seed offset 0); several draw different startup trials.
-        opts = fer_worker.WorkerOptions(name, url, devices[0], data_path, checkpoint_dir=checkpoint_dir, seed_offset=0)
+        opts = fer_worker.WorkerOptions(study=name, storage=url, device=devices[0], data=data_path,
+                                        checkpoint_dir=checkpoint_dir, seed_offset=0, settings=settings)
         per = fer_worker.auto_per_device(devices)
         log(f"workers: {per} per device on {', '.join(devices)}")
         code = fer_worker.launch(opts, devices, per)
@@ -112,7 +153,7 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
         raise interrupts.Interrupted(code - 128, "the study's workers were stopped; run the same command again to go on")
     if code:
         raise FerOptError(f"a worker failed (exit status {code}; its output is above); fix that and run the same command again")
-    found, spec = fer_study.load_study(name, open_storage(url))
+    found, spec = fer_study.load_study(name, open_storage(url, options=settings.stores))
     log(fer_study.format_status(fer_study.status(found, spec), url))
     out_dir.mkdir(parents=True, exist_ok=True)
     [best_yaml] = fer_study.export(found, spec, out_dir / "best.yaml", 1, url)
@@ -120,7 +161,8 @@ def run(data_path: str, storage: str | None, spec_path: str | None, out_dir: Pat
     cfg = load_config(best_yaml)
     log(f"training the final model from {best_yaml} ({cfg.model}, {cfg.epochs} epochs, "
         f"{'all' if not cfg.train_subset else cfg.train_subset} train images) -> {model_path}")
-    result = fit(cfg, fer_data.load(data_path), model_path, trainer.resolve_device(devices[0]), log, "final fit")
+    result = fit(cfg, fer_data.load(data_path, options=settings.data), model_path, trainer.resolve_device(devices[0]), log,
+                 "final fit", settings.cpu_bf16)
     log(f"final model: val (PublicTest) accuracy {result.best_val_acc:.4f}; saved {model_path}")
     log(f"next: fer-opt evaluate --model {model_path} --data {data_path} --split val")
     return model_path

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, then run a whole study on FER2013 and train the best model.
 #   bash scripts/main.sh /path/to/fer2013.csv   (or an image folder, or a .npz)
-# With GPUs: studies/fer2013-cnn3.yaml, workers on every GPU. CPU only: studies/quick.yaml.
+# With GPUs: the fer2013-cnn3 study, workers on every GPU. CPU only: the quick study (both ship in the package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-${FER_OPT_DATA:-}}

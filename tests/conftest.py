@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fer_optuna.options import Settings
+from fer_optuna.training import trainer
 from fer_optuna.training.config import FIELDS
 from fer_optuna.search.study import SPEC_KEYS
 
@@ -19,8 +21,16 @@ FULL_NPZ = SHARED / "fer2013.npz.xz"
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Each test session gets its own parse cache; no test reads the user's."""
-    monkeypatch.setenv("FER_OPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    """Each test session gets its own parse cache; no test reads the user's: the CLI's comes from
+    FER_OPT_CACHE, the library's default (~/.cache/fer-optuna) lies in a home of the session's,
+    which the processes a test starts inherit."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("FER_OPT_CACHE", str(base / "cache"))
+    monkeypatch.setenv("HOME", str(base / "home"))
+    # The suite's bf16 run (FER_OPT_CPU_BF16=1, docs/development.md) reaches the library's in-process training too.
+    forced = Settings.from_env().cpu_bf16
+    if forced is not None:
+        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: forced)
     monkeypatch.delenv("FER_OPT_STORAGE", raising=False)
     monkeypatch.delenv("FER_OPT_DATA", raising=False)
 

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import fer_opt, synthetic_rows, write_csv
 from fer_optuna.training import data
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import DataOptions
 
 
 def test_sample_csv_parses_to_the_documented_counts(sample_csv):
@@ -141,7 +142,7 @@ def test_image_folder_case_insensitive_classes_and_carved_val(tmp_path):
 
 def test_image_folder_resizes_only_when_asked(tmp_path):
     root = _image_tree(tmp_path / "tree", n=2, size=64)
-    with pytest.raises(FerOptError, match=r"is 64x64; expected 48x48 \(pass --resize"):
+    with pytest.raises(FerOptError, match=r"is 64x64; expected 48x48 \(load with resize=True"):
         data.load(root)
     assert data.load(root, resize=True).images["train"].shape[1:] == (48, 48)
 
@@ -224,12 +225,11 @@ def test_undecodable_and_unknown_class_images(tmp_path):
         data.load(root2)
 
 
-def test_zip_bomb_is_refused_by_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("FER_OPT_MAX_INPUT_MB", "1")
+def test_zip_bomb_is_refused_by_size(tmp_path):
     path = tmp_path / "bomb.csv.gz"
     path.write_bytes(gzip.compress(b"0" * (3 * 2**20)))
     with pytest.raises(FerOptError, match="decompresses to more than 1 MB"):
-        data.load(path)
+        data.load(path, options=DataOptions(max_input_mb=1))
 
 
 def test_missing_test_split_says_so(sample_csv):

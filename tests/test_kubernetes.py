@@ -10,6 +10,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import ROOT, fer_opt, tiny_study
+from fer_optuna.search import shipped
 
 K8S = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -103,7 +104,7 @@ def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_c
         assert container["args"][0] == COMPOSE[service]["command"][0]
     assert _container("Deployment", "dashboard")["args"] == COMPOSE["dashboard"]["command"]
     create = _container("Job", "create-study")["args"]
-    assert "--skip-if-exists" in create and (ROOT / create[create.index("--config") + 1]).is_file()
+    assert "--skip-if-exists" in create and shipped.find(create[create.index("--config") + 1]).is_file()
     help_text = {cmd: fer_opt(cmd, "--help").stdout for cmd in ("worker", "create-study", "dashboard")}
     for kind, name in (("Job", "create-study"), ("Job", "workers"), ("Deployment", "dashboard")):
         container = _container(kind, name)

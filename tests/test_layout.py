@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "fer_optuna"
 WINGS = ("training", "search", "recognition")
-TOP = {"cli", "pipeline", "errors", "interrupts", "__init__"}
+TOP = {"cli", "pipeline", "errors", "interrupts", "options", "__init__"}
 # what each part may not import (besides cli, which nothing imports)
 FORBIDDEN = {
     "training": {"search", "recognition", "pipeline", "optuna"},

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from conftest import ROOT, TINY, fer_opt, tiny_study
 from fer_optuna.search import storage as fer_storage
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 from pgserver import PASSWORD
 from test_workers import budget_drops, start_worker, wait_for
 
@@ -70,9 +71,8 @@ def test_a_worker_started_while_the_server_restarts_waits_for_it(postgres, caplo
     assert "refuses connections; waiting up to 15 s" in caplog.text and PASSWORD not in caplog.text
 
 
-def test_storage_gives_up_with_a_fix_it_message(postgres, monkeypatch):
-    storage = fer_storage.open_storage(postgres.new_database())
-    monkeypatch.setenv("FER_OPT_DB_RETRY_SECONDS", "2")
+def test_storage_gives_up_with_a_fix_it_message(postgres):
+    storage = fer_storage.open_storage(postgres.new_database(), options=StoreOptions(db_retry_seconds=2))
     postgres.pg_ctl("stop", "fast")
     try:
         with pytest.raises(FerOptError, match=r"lost the study storage postgresql\+psycopg://fer:\*\*\*@.* for over 2 s"):

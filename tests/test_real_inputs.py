@@ -226,7 +226,7 @@ def test_face_crops_photos_without_faces_and_bad_files(tmp_path, fer):
     damaged = tmp_path / "damaged.onnx"
     damaged.write_text("not a model")
     _one_line_error(fer_opt("predict", "--model", damaged, crop, check=False), "not a readable ONNX model")
-    _one_line_error(fer_opt("export", "--checkpoint", SHIPPED, check=False), "give --onnx")
+    _one_line_error(fer_opt("export", "--checkpoint", SHIPPED, check=False), "needs a target", "--onnx OUT.onnx")
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -261,24 +261,20 @@ def test_onnx_matches_pytorch_on_real_faces(tmp_path, fer, which):
     fp32 = {"FER_OPT_PRECISION": "fp32"}
     assert (fer_opt("predict", "--model", out, photo, env=fp32).stdout
             == fer_opt("predict", "--model", model, photo, env=fp32).stdout)
-    _one_line_error(fer_opt("predict", "--model", out, photo, "--tta", check=False), "--tta needs the .pt checkpoint")
+    _one_line_error(fer_opt("predict", "--model", out, photo, "--tta", check=False),
+                    "TTA (tta=True) needs the .pt checkpoint; the ONNX graph scores the image as it is (command line: --tta)")
     _one_line_error(fer_opt("predict", "--model", out, photo, "--precision", "bf16", check=False),
-                    "bf16 needs the .pt checkpoint")
+                    "bf16 inference (precision='bf16') needs the .pt checkpoint", "(command line: --precision)")
 
 
 def test_inference_gives_the_same_answers_whatever_the_cpu(monkeypatch, fer):
     faces = fer.split("val")[0][:64]
-    monkeypatch.delenv("FER_OPT_PRECISION", raising=False)
-    monkeypatch.setenv("FER_OPT_CPU_BF16", "0")  # as on an AVX2 CPU
-    assert not trainer.use_bf16("auto", torch.device("cpu"))
+    assert not trainer.use_bf16("auto", torch.device("cpu"), cpu_bf16=False)  # as on an AVX2 CPU
     plain = Classifier(SHIPPED, "cpu").probs(faces)
-    monkeypatch.setenv("FER_OPT_CPU_BF16", "1")  # as on an AVX512-bf16 CPU: training takes bf16 there ...
-    assert trainer.use_bf16("auto", torch.device("cpu"))
+    assert trainer.use_bf16("auto", torch.device("cpu"), cpu_bf16=True)  # as on an AVX512-bf16 CPU: training takes bf16 there ...
+    monkeypatch.setenv("FER_OPT_PRECISION", "bf16")  # the command line's setting, which the library never reads
     assert np.array_equal(Classifier(SHIPPED, "cpu").probs(faces), plain)  # ... inference does not
     bf16 = Classifier(SHIPPED, "cpu", "bf16").probs(faces)
     assert not np.array_equal(bf16, plain)
-    monkeypatch.setenv("FER_OPT_PRECISION", "bf16")
-    assert np.array_equal(Classifier(SHIPPED, "cpu").probs(faces), bf16)
-    monkeypatch.setenv("FER_OPT_PRECISION", "fp16")
     with pytest.raises(FerOptError, match="expected fp32 or bf16"):
-        Classifier(SHIPPED, "cpu")
+        Classifier(SHIPPED, "cpu", "fp16")

@@ -25,7 +25,7 @@ def finished_study(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/s.db"
     fer_study.create(spec_file, url, data=str(sample_csv))
     study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))
-    opts = worker.WorkerOptions("tiny", url, "cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    opts = worker.WorkerOptions(study="tiny", storage=url, device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
     objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
     study.optimize(objective, n_trials=4)
     return url, study

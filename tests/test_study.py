@@ -9,6 +9,7 @@ from fer_optuna.search import storage as fer_storage
 from fer_optuna.search import study as fer_study
 from fer_optuna.training.config import load_config
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 
 
 
@@ -67,13 +68,13 @@ def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
     assert study.metric_names == ["val_accuracy"]
     assert study.user_attrs[fer_study.ATTR_DATA] == str(sample_csv.resolve())
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
-    with pytest.raises(FerOptError, match="already exists; pass --skip-if-exists"):
+    with pytest.raises(FerOptError, match="already exists; use it with skip_if_exists=True"):
         fer_study.create(TINY, url, data=str(sample_csv))
     again, new = fer_study.create(TINY, url, data=str(sample_csv), skip_if_exists=True)
     assert not new and len(again.trials) == 1, "the baseline trial is enqueued once"
     other = tmp_path / "other.yaml"
     tiny_study(other, n_trials=9)
-    with pytest.raises(FerOptError, match="different study file; pass --replace"):
+    with pytest.raises(FerOptError, match="different study file; delete it and start over with replace=True"):
         fer_study.create(other, url, data=str(sample_csv), skip_if_exists=True)
     replaced, new = fer_study.create(other, url, data=str(sample_csv), replace=True)
     assert new and fer_study.load_study("tiny", fer_storage.open_storage(url))[1].n_trials == 9
@@ -89,10 +90,10 @@ def test_unreachable_storage_is_one_line_with_masked_password():
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize, to stage two trials
-def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path, monkeypatch):
+def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path):
     """Just after a database outage every running trial's heartbeat is old; only one that stays old is stale."""
-    monkeypatch.setenv("FER_OPT_HEARTBEAT", "1")  # grace period 3 s
-    storage = fer_storage.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=True)
+    storage = fer_storage.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=True,
+                                       options=StoreOptions(heartbeat_seconds=1))  # grace period 3 s
     study = optuna.create_study(storage=storage)
     live, dead = study.ask(), study.ask()
     for trial in (live, dead):

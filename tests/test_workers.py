@@ -245,7 +245,7 @@ def _in_process_study(tmp_path, sample_csv, enqueue):
         created.enqueue_trial(params)
     study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))
     study.pruner = fer_study.make_pruner(spec)  # as worker.run sets it
-    opts = worker.WorkerOptions("tiny", url, "cpu")
+    opts = worker.WorkerOptions(study="tiny", storage=url, device="cpu")
     objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
     return study, objective
 

@@ -48,7 +48,7 @@ def _load(name: str):
         return {"yunet": YuNet, "mtcnn": Mtcnn, "haar": Haar}[name]()
     except ImportError as e:
         raise FerOptError(f"detector {name} needs the {package} package ({e}); pip install {package}, "
-                          f"or choose another with --detector ({', '.join(DETECTORS)})") from None
+                          f"or choose another detector ({', '.join(DETECTORS)})", flag="--detector") from None
 
 
 class _Detector:

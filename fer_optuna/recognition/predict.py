@@ -73,7 +73,7 @@ class RowFile:
 
     def __init__(self, out: Path):
         if out.suffix.lower() not in (".csv", ".jsonl"):
-            raise FerOptError(f"--out {out}: expected a .csv or .jsonl file")
+            raise FerOptError(f"{out}: expected a .csv or .jsonl file for the rows", flag="--out")
         self.partial = PartialFile(out)
         self.file = open(self.partial.path, "w", newline="")
         self.csv = csv.DictWriter(self.file, COLUMNS) if out.suffix.lower() == ".csv" else None

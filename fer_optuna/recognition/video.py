@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -18,8 +19,21 @@ from fer_optuna.training.files import PartialFile
 
 T = TypeVar("T")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
-# FFmpeg's own messages about a damaged file would come on top of our one line.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
+@contextmanager
+def _quiet_ffmpeg() -> Iterator[None]:
+    """FFmpeg's own messages about a damaged file would come on top of our one line. OpenCV reads
+    OPENCV_FFMPEG_LOGLEVEL once, when its FFmpeg backend first opens a file, so it is set only
+    around the opening; a level the user set stays."""
+    if "OPENCV_FFMPEG_LOGLEVEL" in os.environ:
+        yield
+        return
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENCV_FFMPEG_LOGLEVEL", None)
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,8 @@ class VideoSource:
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         try:
-            self.capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+            with _quiet_ffmpeg():
+                self.capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
         finally:
             cv2.utils.logging.setLogLevel(level)
         if not self.capture.isOpened():
@@ -66,7 +81,8 @@ class VideoSource:
     def step(self, every: int = 1, rate: float | None = None) -> int:
         """Analyse every `every`-th frame, or `rate` frames a second."""
         if every < 1 or (rate is not None and rate <= 0):
-            raise FerOptError("--every takes a whole number from 1, --rate a number of frames per second above 0")
+            raise FerOptError("every takes a whole number from 1, rate a number of frames per second above 0",
+                              flag="--every or --rate")
         return max(1, round(self.fps / rate)) if rate else every
 
     def frames(self, step: int = 1, decode_all: bool = False) -> Iterator[Frame]:
@@ -174,14 +190,11 @@ class AnnotatedVideo:
 def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[np.ndarray]], out: Path, title: str,
                   most: int = 6) -> None:
     """One panel per face id (the `most` seen longest): its seven probabilities over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list
 
     shown = sorted(times, key=lambda tid: -len(times[tid]))[:most] or []
-    fig, axes = plt.subplots(max(1, len(shown)), 1, figsize=(10, 1.2 + 1.6 * max(1, len(shown))), squeeze=False,
-                             sharex=True)
+    fig = Figure(figsize=(10, 1.2 + 1.6 * max(1, len(shown))))
+    axes = fig.subplots(max(1, len(shown)), 1, squeeze=False, sharex=True)
     for ax, tid in zip(axes[:, 0], shown):
         p = np.stack(probs[tid])
         for k, name in enumerate(CLASSES):
@@ -195,8 +208,5 @@ def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[np.ndarra
         axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
-    try:
-        with PartialFile(out) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    with PartialFile(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")

@@ -4,7 +4,7 @@ A study records one store (`create-study --artifacts URL`): a folder (Optuna's f
 store; the default beside a SQLite study file) or `s3://bucket/prefix` (Optuna's boto3
 store; endpoint and credentials from the standard AWS variables, e.g. AWS_ENDPOINT_URL).
 What a trial keeps there is trial_files.py's business. The store is treated like the
-database: transient errors are retried with backoff (FER_OPT_ARTIFACT_RETRY_SECONDS).
+database: transient errors are retried with backoff (StoreOptions.artifact_retry_seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 from fer_optuna.training.files import PartialFile
 from . import retry
 from .optuna_private import study_system_attrs
@@ -39,10 +40,6 @@ def default_url(storage_url: str) -> str | None:
     if storage_url.startswith("sqlite:///"):
         return str(Path(storage_url.removeprefix("sqlite:///")).resolve().parent / "artifacts")
     return None
-
-
-def _retry_seconds() -> float:
-    return float(os.environ.get("FER_OPT_ARTIFACT_RETRY_SECONDS", "120"))
 
 
 def _is_transient(error: Exception) -> bool:
@@ -67,8 +64,8 @@ class ArtifactStore:
     """A study's store: Optuna's ArtifactStore protocol (open_reader, write, remove), each call retried while
     the store is unreachable, plus what fer-optuna does with it (put and get files)."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, url: str, options: StoreOptions | None = None):
+        self.url, self.retry_seconds = url, (options or StoreOptions()).artifact_retry_seconds
         if url.startswith("s3://"):
             bucket, _, prefix = url.removeprefix("s3://").partition("/")
             if not bucket:
@@ -84,7 +81,7 @@ class ArtifactStore:
             self.prefix = ""
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        seconds = _retry_seconds()
+        seconds = self.retry_seconds
         try:
             return retry.retried(
                 call, _is_transient, seconds,
@@ -163,14 +160,15 @@ class ArtifactStore:
                                                 mimetype=mimetype)
 
 
-def storage_store(storage: optuna.storages.BaseStorage, override: str | None = None) -> ArtifactStore | None:
+def storage_store(storage: optuna.storages.BaseStorage, override: str | None = None,
+                  options: StoreOptions | None = None) -> ArtifactStore | None:
     """The store of a storage's studies, for the dashboard, which serves them all (the first, if they differ)."""
     urls = [s.system_attrs.get(ATTR_ARTIFACTS) for s in storage.get_all_studies()]
     url = override or next((u for u in urls if u), None)
-    return ArtifactStore(url) if url else None
+    return ArtifactStore(url, options) if url else None
 
 
-def study_store(study: optuna.Study, override: str | None = None) -> ArtifactStore | None:
+def study_store(study: optuna.Study, override: str | None = None, options: StoreOptions | None = None) -> ArtifactStore | None:
     """The study's artifact store (or `override`'s); None for a study without one."""
     url = override or study_system_attrs(study).get(ATTR_ARTIFACTS)
-    return ArtifactStore(url) if url else None
+    return ArtifactStore(url, options) if url else None

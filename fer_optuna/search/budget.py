@@ -105,11 +105,12 @@ def pick(study: optuna.Study, rule: str) -> optuna.trial.FrozenTrial:
         try:
             limit = float(value)
         except ValueError:
-            raise FerOptError(f"--pick {rule!r}: write MEASURE<=NUMBER (or <, >=, >), several joined by commas, "
-                              "e.g. 'latency_ms<=3,params<2e6'") from None
+            raise FerOptError(f"rule {rule!r}: write MEASURE<=NUMBER (or <, >=, >), several joined by commas, "
+                              "e.g. 'latency_ms<=3,params<2e6'", flag="--pick") from None
         name = name.strip()
         if name not in (METRIC, *MEASURES):
-            raise FerOptError(f"--pick {rule!r}: {name!r} is not a measure; choose from {METRIC}, {', '.join(MEASURES)}")
+            raise FerOptError(f"rule {rule!r}: {name!r} is not a measure; choose from {METRIC}, {', '.join(MEASURES)}",
+                              flag="--pick")
         tests.append((name, PICK_OPS[op], limit))
 
     def measure(t, name):
@@ -121,8 +122,8 @@ def pick(study: optuna.Study, rule: str) -> optuna.trial.FrozenTrial:
             return trial
     spans = ", ".join(f"{n} runs {min(vals):g} to {max(vals):g}" for n, _, _ in tests
                       if (vals := [measure(t, n) for t in trials if measure(t, n) is not None]))
-    raise FerOptError(f"--pick {rule!r}: no complete feasible trial keeps to it ({spans or 'no trial measured yet'}); "
-                      "loosen the rule")
+    raise FerOptError(f"rule {rule!r}: no complete feasible trial keeps to it ({spans or 'no trial measured yet'}); "
+                      "loosen the rule", flag="--pick")
 
 
 def format_costs(costs: dict[str, float]) -> str:

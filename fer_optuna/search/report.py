@@ -15,31 +15,32 @@ import torch
 from optuna.trial import TrialState
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 from fer_optuna.training import checkpoints, inference, metrics
 from fer_optuna.training import data as fer_data
 from . import artifacts
 from .budget import costs_of, format_costs, format_front, ranked
-from .study import StudySpec, comparison, format_comparison, provenance, status, study_file_text
+from .study import StudySpec, comparison, format_comparison, status
 
 
 class TrialCheckpoints:
     """A study's trials' best checkpoints, wherever they are: the study's artifact store, or this machine's
     disk (studies made before the store, or without one)."""
 
-    def __init__(self, study: optuna.Study):
-        self.study, self.store = study, artifacts.study_store(study)
+    def __init__(self, study: optuna.Study, options: StoreOptions | None = None):
+        self.study, self.store = study, artifacts.study_store(study, options=options)
 
     def reachable(self, trial: optuna.trial.FrozenTrial) -> bool:
         in_store = self.store is not None and "checkpoint_artifact" in trial.user_attrs
         return in_store or Path(trial.user_attrs.get("checkpoint", "")).is_file()
 
-    def best(self, top: int) -> list[optuna.trial.FrozenTrial]:
-        """The `top` best complete trials whose checkpoint can be had."""
-        found = [t for t in ranked(self.study) if self.reachable(t)]
+    def best(self, top: int, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[optuna.trial.FrozenTrial]:
+        """The `top` best complete trials (of `trials`, ranked: else the study's) whose checkpoint can be had."""
+        found = [t for t in (ranked(self.study) if trials is None else trials) if self.reachable(t)]
         if not found:
             raise FerOptError(f"study {self.study.study_name!r} has no complete trial with a checkpoint in its artifact "
-                              "store or on this machine; workers upload them to the store (create-study --artifacts), "
-                              "or write them to --checkpoint-dir (default studies/checkpoints)")
+                              "store or on this machine; workers upload them to the study's artifact store, or keep them in "
+                              "their checkpoint_dir (default studies/checkpoints)", flag="--checkpoint-dir")
         return found[:top]
 
     def load(self, trial: optuna.trial.FrozenTrial) -> dict:
@@ -50,30 +51,13 @@ class TrialCheckpoints:
         return checkpoints.read_checkpoint(trial.user_attrs["checkpoint"])
 
 
-def build_ensemble(study: optuna.Study, top: int, out: Path) -> list[optuna.trial.FrozenTrial]:
-    found = TrialCheckpoints(study)
+def build_ensemble(study: optuna.Study, top: int, out: Path,
+                   options: StoreOptions | None = None) -> list[optuna.trial.FrozenTrial]:
+    found = TrialCheckpoints(study, options)
     trials = found.best(top)
     checkpoints.save_ensemble(out, [found.load(t) for t in trials], study=study.study_name,
                               trials=[t.number for t in trials], val_accuracies=[t.values[0] for t in trials])
     return trials
-
-
-def export_model(study: optuna.Study, out: Path, url: str,
-                 chosen: optuna.trial.FrozenTrial | None = None) -> optuna.trial.FrozenTrial:
-    """The best feasible trial's (or the chosen one's) best checkpoint as a model file that says where it came from."""
-    found = TrialCheckpoints(study)
-    if chosen is not None and not found.reachable(chosen):
-        raise FerOptError(f"trial {chosen.number}'s checkpoint is neither in the study's artifact store nor on this "
-                          "machine; run the export where its worker ran")
-    [best] = [chosen] if chosen is not None else found.best(1)
-    ckpt = found.load(best)
-    origin = provenance(study, best, url)
-    ckpt["config"] = {**ckpt["config"], "provenance": origin}
-    trained = {k: best.user_attrs[k] for k in ("device", "seconds", "epochs_run", "best_epoch") if k in best.user_attrs}
-    ckpt["meta"] = {**ckpt["meta"], "provenance": origin, "trained": trained,
-                    "study_file_text": study_file_text(study)}
-    checkpoints.atomic_save(ckpt, out)
-    return best
 
 
 def _quietly(plot, *args, **kwargs):
@@ -94,7 +78,8 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 
 def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data.FerData | None,
-                 device: torch.device, ensemble_top: int = 5, bf16: bool = False) -> Path:
+                 device: torch.device, ensemble_top: int = 5, bf16: bool = False,
+                 options: StoreOptions | None = None) -> Path:
     from optuna import visualization as vis
 
     trials = study.get_trials(deepcopy=False)
@@ -128,7 +113,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
                      f"val accuracy {best.values[0]:.4f}</h2>",
                      f"<p>{html.escape(format_costs(costs_of(best)))}</p>" if costs_of(best) else "",
                      _table([[k, v] for k, v in best.params.items()], ["parameter", "value"])]
-        found = TrialCheckpoints(study)
+        found = TrialCheckpoints(study, options)
         if data is not None and found.reachable(best):
             ckpt = found.load(best)
             acc, rep = inference.val_accuracy(ckpt, data, device, bf16=bf16)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -25,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 from . import retry
 from .optuna_private import RDBStorageInternals
 
@@ -35,7 +35,7 @@ DEFAULT_STORAGE = "sqlite:///studies/fer2013.db"
 
 
 def storage_url(url: str | None) -> str:
-    return url or os.environ.get("FER_OPT_STORAGE") or DEFAULT_STORAGE
+    return url or DEFAULT_STORAGE
 
 
 def mask_url(url: str) -> str:
@@ -57,14 +57,13 @@ PG_RESTARTING = ("the database system is shutting down", "the database system is
 REFUSED_WAIT_SECONDS = 15
 
 
-def _heartbeat_seconds() -> int:
-    return int(os.environ.get("FER_OPT_HEARTBEAT", "10"))
-
-
-def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.storages.RDBStorage:
-    """An RDB storage fit for many long-lived workers; errors say how to fix the URL."""
+def open_storage(url: str | None = None, heartbeat: bool = False,
+                 options: StoreOptions | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage fit for many long-lived workers; errors say how to fix the URL. `options`: how long
+    the database is waited for, and the heartbeat's interval (with `heartbeat`, as a worker's storage)."""
     import sqlalchemy.exc
 
+    options = options or StoreOptions()
     url = storage_url(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
@@ -86,9 +85,9 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 hb: dict[str, Any] = {}
                 if heartbeat:
-                    beat = _heartbeat_seconds()
-                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-                    hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": retry}
+                    beat = options.heartbeat_seconds
+                    requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+                    hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": requeue}
                 storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
             break
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
@@ -97,7 +96,7 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
             # refuses connections may be between stop and start: wait a little. Anything else (a
             # wrong host or password) is the user's to fix, so it fails at once.
             restarting = any(state in reason for state in PG_RESTARTING)
-            wait = _retry_seconds() if restarting else min(REFUSED_WAIT_SECONDS, _retry_seconds())
+            wait = options.db_retry_seconds if restarting else min(REFUSED_WAIT_SECONDS, options.db_retry_seconds)
             if (restarting or "Connection refused" in reason) and time.monotonic() - start < wait:
                 if not warned:
                     _log.warning("study storage %s %s; waiting up to %.0f s", mask_url(url),
@@ -110,13 +109,10 @@ def open_storage(url: str | None = None, heartbeat: bool = False) -> optuna.stor
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
             raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
                               "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
+    storage.retry_seconds = options.db_retry_seconds
     if storage.engine.dialect.name == "sqlite":
         _serialize_sqlite_writes(storage.engine)
     return storage
-
-
-def _retry_seconds() -> float:
-    return float(os.environ.get("FER_OPT_DB_RETRY_SECONDS", "300"))
 
 
 def _is_transient(error: BaseException | None) -> bool:
@@ -159,7 +155,7 @@ class RetryingRDBStorage(RDBStorageInternals):
 
     def retried(self, call: Callable[[], T]) -> T:
         """call() until it returns, reconnecting while the database is away (FER_OPT_DB_RETRY_SECONDS)."""
-        seconds = _retry_seconds()
+        seconds = self.retry_seconds
         return retry.retried(
             call, _is_transient, seconds,
             warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
@@ -226,6 +222,7 @@ class RetryingRDBStorage(RDBStorageInternals):
         return stale
 
     # ----------------------------------------------------------------------- the rest of the API, retried
+    retry_seconds = StoreOptions.db_retry_seconds  # how long a lost database is waited for; open_storage sets it
 
     create_new_study = _retrying(_RDB.create_new_study)
     delete_study = _retrying(_RDB.delete_study)

@@ -8,7 +8,6 @@ same objective, sampler and pruner from the storage alone.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ import yaml
 from optuna.trial import TrialState
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import StoreOptions
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
+from . import shipped
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
                      parse_objectives, pick, ranked)
 from .optuna_private import study_system_attrs
@@ -244,10 +245,10 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise FerOptError(f"no study named {name!r} in this storage (it has: {', '.join(names) or 'none'}); "
-                          "create it with 'fer-opt create-study --config studies/X.yaml'") from None
+                          "create it from a study file first") from None
     text = study_file_text(study)
     if text is None:
-        raise FerOptError(f"study {name!r} was not created by fer-opt create-study (no study file stored with it)")
+        raise FerOptError(f"study {name!r} was not created by fer-optuna (no study file stored with it)")
     spec = parse_spec(text, f"study {name!r}")
     return study, spec
 
@@ -255,7 +256,8 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.
 def single_study_name(storage: optuna.storages.BaseStorage) -> str:
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if len(names) != 1:
-        raise FerOptError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); pass --study NAME")
+        raise FerOptError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); name the study",
+                          flag="--study")
     return names[0]
 
 
@@ -263,29 +265,33 @@ def single_study_name(storage: optuna.storages.BaseStorage) -> str:
 
 
 def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
-    path = data or os.environ.get("FER_OPT_DATA") or spec.data
+    path = data or spec.data
     if not path:
-        raise FerOptError("no data path: pass --data PATH, set FER_OPT_DATA, or put data: in the study file")
+        raise FerOptError("no data path: give one (data=PATH, FER_OPT_DATA) or put data: in the study file", flag="--data")
     resolved = Path(path).expanduser()
-    if not resolved.is_absolute() and not data and not os.environ.get("FER_OPT_DATA"):
+    if not resolved.is_absolute() and not data:
         resolved = spec_dir / resolved  # a study file's data: is relative to the file
     return str(resolved.resolve())
 
 
 def create(spec_path: str | Path, url: str | None = None, name: str | None = None, data: str | None = None,
-           skip_if_exists: bool = False, replace: bool = False, artifacts: str | None = None) -> tuple[optuna.Study, bool]:
-    """Create the study (True) or find the identical one (False).
+           skip_if_exists: bool = False, replace: bool = False, artifacts: str | None = None,
+           options: StoreOptions | None = None) -> tuple[optuna.Study, bool]:
+    """Create the study (True) or find the identical one (False) from a study file: a path, or the name
+    of a shipped one (see shipped.py).
 
-    `artifacts`: the study's artifact store (else FER_OPT_ARTIFACTS, else a folder beside a SQLite
-    file, else none); checked before anything is written, and recorded without credentials.
+    `data`: the data path stored with the study, else the study file's data: (relative to the file).
+    `artifacts`: the study's artifact store (else a folder beside a SQLite file, else none); checked
+    before anything is written, and recorded without credentials.
     """
     from .artifacts import ATTR_ARTIFACTS, ArtifactStore, default_url
 
+    spec_path = shipped.find(spec_path)
     spec = load_spec(spec_path)
     name = name or spec.name
     data_path = resolve_data(data, spec, Path(spec_path).parent)
-    storage = open_storage(url)
-    store_url = artifacts or os.environ.get("FER_OPT_ARTIFACTS") or default_url(storage_url(url))
+    storage = open_storage(url, options=options)
+    store_url = artifacts or default_url(storage_url(url))
     if name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=name, storage=storage)
         same = study_file_text(existing) == spec.text
@@ -293,11 +299,12 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
             return existing, False
         if not replace:
             why = "already exists" if same else "already exists with a different study file"
-            fix = "pass --skip-if-exists to use it" if same else "pass --replace to delete it and start over, or --name NEW"
-            raise FerOptError(f"study {name!r} {why}; {fix}")
+            fix = ("use it with skip_if_exists=True", "--skip-if-exists") if same else \
+                ("delete it and start over with replace=True, or give a new name", "--replace or --name NEW")
+            raise FerOptError(f"study {name!r} {why}; {fix[0]}", flag=fix[1])
         optuna.delete_study(study_name=name, storage=storage)
     if store_url:
-        ArtifactStore(store_url).prepare()
+        ArtifactStore(store_url, options).prepare()
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
                                 directions=["maximize"] + ["minimize"] * (len(spec.objectives) - 1))
     with warnings.catch_warnings():
@@ -424,15 +431,15 @@ def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -
 
 
 def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, url: str = "",
-           rule: str | None = None) -> list[Path]:
+           rule: str | None = None, chosen: optuna.trial.FrozenTrial | None = None) -> list[Path]:
     """Write the `top` best feasible trials' full training configs, readable by `fer-opt train --config`;
-    with a rule (see `pick`), the most accurate trial that keeps to it."""
+    with a rule (see `pick`), the most accurate trial that keeps to it (`chosen`, if already picked)."""
     complete = ranked(study)
     if not complete:
         broke = " that keeps to the constraints" if spec.constraints else ""
         raise FerOptError(f"study {study.study_name!r} has no complete trial{broke} yet; run 'fer-opt worker' first")
     if rule:
-        complete = [pick(study, rule)]
+        complete = [chosen or pick(study, rule)]
     out = Path(out)
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, top + 1)]
     final = dict(spec.final)
@@ -450,17 +457,19 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
     return paths[: len(complete)]
 
 
-def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | None = None) -> optuna.Study:
+def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | None = None,
+         options: StoreOptions | None = None) -> optuna.Study:
     """Copy a study, trials and attributes intact, e.g. from the SQLite file to PostgreSQL."""
-    source = open_storage(from_url)
+    source = open_storage(from_url, options=options)
     name = name or single_study_name(source)
     study, _ = load_study(name, source)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     if running:
         raise FerOptError(f"study {name!r} has {running} running trial(s); stop its workers before copying it")
-    target = open_storage(to_url)
+    target = open_storage(to_url, options=options)
     to_name = to_name or name
     if to_name in optuna.get_all_study_names(target):
-        raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; pass --to-name NEW")
+        raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; give a new name (to_name)",
+                          flag="--to-name")
     optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target, to_study_name=to_name)
     return optuna.load_study(study_name=to_name, storage=target)

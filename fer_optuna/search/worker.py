@@ -19,7 +19,7 @@ import tempfile
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from fer_optuna import interrupts
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import Settings
 from fer_optuna.training import data as fer_data
 from fer_optuna.training import costs as fer_costs
 from fer_optuna.training import trainer
@@ -56,7 +57,7 @@ class _DropsOnOneLine(logging.Filter):
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # by name only: a reordered field cannot swap two values
 class WorkerOptions:
     study: str
     storage: str | None
@@ -71,6 +72,7 @@ class WorkerOptions:
     # Added to the sampler's seed. None: this process's id, so that workers started by hand
     # draw different startup trials; the main job's single worker uses 0 and is repeatable.
     seed_offset: int | None = None
+    settings: Settings = field(default_factory=Settings)  # the environment's, read by the caller (Settings.from_env)
 
 
 def worker_id() -> str:
@@ -93,7 +95,7 @@ class Objective:
     def __init__(self, study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
                  opts: WorkerOptions, log: Callable[[str], None]):
         self.study, self.spec, self.data, self.device, self.opts, self.log = study, spec, data, device, opts, log
-        self.store = artifacts.study_store(study, opts.artifacts)
+        self.store = artifacts.study_store(study, opts.artifacts, opts.settings.stores)
         self.running: int | None = None
         self.store_failed: int | None = None  # a trial the store failed: the worker queues it again
         self.taken_over: int | None = None
@@ -135,7 +137,7 @@ class Objective:
             reporter = EpochReporter(trial, cfg, tracker, files, self.log, prune=not self.spec.multi_objective)
             result = trainer.train(cfg, self.data, device=self.device, on_epoch=reporter,
                                    checkpoint=files and files.checkpoint, state=files and files.state, progress=False,
-                                   log=None)
+                                   log=None, cpu_bf16=self.opts.settings.cpu_bf16)
             outcome = "complete"
             if tracker:
                 tracker.summary(result.best_val_acc, result.n_params)
@@ -287,12 +289,12 @@ def run(opts: WorkerOptions) -> int:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = trainer.resolve_device(opts.device)
-    storage = open_storage(opts.storage, heartbeat=True)
+    storage = open_storage(opts.storage, heartbeat=True, options=opts.settings.stores)
     study, spec = load_study(opts.study, storage)
     study.sampler = make_sampler(spec, seed_offset=os.getpid() if opts.seed_offset is None else opts.seed_offset)
     study.pruner = make_pruner(spec)
     data_path = opts.data or study.user_attrs.get(ATTR_DATA)
-    data = fer_data.load(data_path)
+    data = fer_data.load(data_path, options=opts.settings.data)
     objective = Objective(study, spec, data, device, opts, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger(OPTIMIZE_LOGGER).addFilter(_DropsOnOneLine())
@@ -387,7 +389,7 @@ def parse_devices(gpu: str) -> list[str]:
         return [str(i) for i in range(n)] if n else ["cpu"]
     parts = [p.strip() for p in gpu.split(",")]
     if not all(p.isdigit() for p in parts):
-        raise FerOptError(f"--gpu {gpu!r}: expected cpu, all, a GPU index or a list like 0,1")
+        raise FerOptError(f"devices {gpu!r}: expected cpu, all, a GPU index or a list like 0,1", flag="--gpu")
     return parts
 
 

@@ -87,7 +87,7 @@ def half_precision(ckpt: dict) -> dict:
     """The model file with its float weights stored in fp16: half the size, and they load back as fp32.
     For the bundled model this moved PublicTest accuracy by at most 0.03 points (docs/model.md)."""
     if ckpt.get("kind") == "ensemble":
-        raise FerOptError("--fp16 stores a single model; export the ensemble's members one by one")
+        raise FerOptError("fp16 weights are for a single model; export the ensemble's members one by one", flag="--fp16")
     state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     return {**ckpt, "state_dict": state, "meta": {**ckpt.get("meta", {}), "weights_stored_as": "float16"}}
 

@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import DataOptions
 from .files import PartialFile
 from .streams import open_payload
 
@@ -287,8 +288,8 @@ def read_image(path: Path, resize: bool) -> np.ndarray:
             if image.size != (SIDE, SIDE):
                 if not resize:
                     raise FerOptError(
-                        f"{path}: image is {image.width}x{image.height}; expected 48x48 (pass --resize to resize)"
-                    )
+                        f"{path}: image is {image.width}x{image.height}; expected 48x48 (load with resize=True to resize)",
+                        flag="--resize")
                 image = image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
             return np.asarray(image.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -356,11 +357,6 @@ def _carve_val(splits: dict, seed: int = 0) -> tuple[dict, tuple[str, ...]]:
 # --------------------------------------------------------------------------- cache
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("FER_OPT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fer-optuna"
-    return Path(root)
-
-
 def _source_key(path: Path, files: dict | None, resize: bool) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION} resize={resize}\n".encode())
     if files is None:
@@ -395,13 +391,13 @@ def _load_cache(target: Path, source: str) -> FerData | None:
     return FerData(images, labels, source, notes, str(target))
 
 
-def cache_path(path: str | Path, resize: bool = False) -> Path:
+def cache_path(path: str | Path, resize: bool = False, options: DataOptions | None = None) -> Path:
     path = _check_exists(path)
-    return _cache_file(path, _folder_files(path) if path.is_dir() else None, resize)
+    return _cache_file(path, _folder_files(path) if path.is_dir() else None, resize, (options or DataOptions()).cache_dir)
 
 
-def _cache_file(path: Path, files: dict | None, resize: bool) -> Path:
-    return cache_dir() / f"{_source_key(path, files, resize)}.npz"
+def _cache_file(path: Path, files: dict | None, resize: bool, cache_dir: Path) -> Path:
+    return cache_dir / f"{_source_key(path, files, resize)}.npz"
 
 
 def _check_exists(path: str | Path) -> Path:
@@ -414,13 +410,14 @@ def _check_exists(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerData:
-    """Load FER2013 from `path`, from the cache when the same content was parsed before."""
+def load(path: str | Path, resize: bool = False, use_cache: bool = True, options: DataOptions | None = None) -> FerData:
+    """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before."""
+    options = options or DataOptions()
     path = _check_exists(path)
     files = _folder_files(path) if path.is_dir() else None
     if path.is_file() and path.stat().st_size == 0:
         raise FerOptError(f"{path}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
-    target = _cache_file(path, files, resize)
+    target = _cache_file(path, files, resize, options.cache_dir)
     if use_cache and target.exists():
         cached = _load_cache(target, str(path))
         if cached is not None:
@@ -428,7 +425,7 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True) -> FerD
     if files is not None:
         splits = _parse_folder(files, resize)
     else:
-        with open_payload(path) as (kind, stream, name):
+        with open_payload(path, options.max_input_bytes) as (kind, stream, name):
             splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
     # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
     splits, notes = _carve_val(splits)

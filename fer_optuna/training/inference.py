@@ -6,7 +6,6 @@ answers on every machine and through its ONNX graph. Training scores its val spl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,15 +23,15 @@ INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 
 def inference_bf16(precision: str | None = None) -> bool:
-    """Inference's precision: fp32 unless bf16 is asked for (here, or by FER_OPT_PRECISION).
+    """Inference's precision: fp32 unless bf16 is asked for.
 
     Not `auto`: under bf16 autocast the same model file gives other probabilities (up to
     about 1e-2) and now and then another label, so a model's answers would depend on the
     CPU it runs on, and would differ from its ONNX graph's, which runs in fp32.
     """
-    precision = precision or os.environ.get("FER_OPT_PRECISION") or "fp32"
+    precision = precision or "fp32"
     if precision not in INFERENCE_PRECISIONS:
-        raise FerOptError(f"precision {precision!r}: expected {' or '.join(INFERENCE_PRECISIONS)} (FER_OPT_PRECISION too)")
+        raise FerOptError(f"precision {precision!r}: expected {' or '.join(INFERENCE_PRECISIONS)}", flag="--precision")
     return precision == "bf16"
 
 

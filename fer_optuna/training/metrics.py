@@ -47,14 +47,12 @@ def format_report(rep: dict) -> str:
 
 
 def plot_confusion(rep: dict, path: str | Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list
 
     cm = np.array(rep["confusion_matrix"], dtype=float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASSES)), CLASSES)
@@ -67,18 +65,15 @@ def plot_confusion(rep: dict, path: str | Path, title: str = "") -> None:
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") -> None:
     """Train and val loss and accuracy per epoch (a run's EpochStats as dicts), side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    loss, acc = fig.subplots(1, 2)
     for ax, what in ((loss, "loss"), (acc, "acc")):
         ax.plot(epochs, [h[f"train_{what}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{what}"] for h in history], "o-", label="val")
@@ -89,4 +84,3 @@ def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

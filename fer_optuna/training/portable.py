@@ -92,9 +92,11 @@ class Classifier:
     def probs(self, crops: np.ndarray, tta: bool = False) -> np.ndarray:
         if self.session is not None:
             if tta:
-                raise FerOptError("--tta needs the .pt checkpoint; the ONNX graph scores the image as it is")
+                raise FerOptError("TTA (tta=True) needs the .pt checkpoint; the ONNX graph scores the image as it is",
+                                  flag="--tta")
             if self.bf16:
-                raise FerOptError("--precision bf16 needs the .pt checkpoint; the ONNX graph runs in fp32")
+                raise FerOptError("bf16 inference (precision='bf16') needs the .pt checkpoint; the ONNX graph runs in fp32",
+                                  flag="--precision")
             x = crops[:, None].astype(np.float32)
             return self.session.run(["probabilities"], {"pixels": x})[0]
         x = inference.pixels(crops, self.device, self.cfg.pixels)

@@ -4,7 +4,7 @@ The Kaggle CSV comes plain, as .gz/.xz/.bz2, in a .zip, or as the challenge's
 fer2013.tar.gz. Each layer is opened on top of the last and read piece by piece, so
 that parsing a 300 MB CSV never holds it whole; nothing is extracted to disk, so a
 hostile member name cannot escape. Every byte read counts against a ceiling
-(FER_OPT_MAX_INPUT_MB), which stops a decompression bomb early, and a broken archive
+(DataOptions.max_input_mb), which stops a decompression bomb early, and a broken archive
 ends in one message that names the file.
 """
 
@@ -14,7 +14,6 @@ import bz2
 import gzip
 import io
 import lzma
-import os
 import tarfile
 import zipfile
 import zlib
@@ -29,18 +28,13 @@ HEAD = 512  # enough to tell every format apart: tar's magic sits at byte 257
 BROKEN = (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, tarfile.TarError, zlib.error)
 
 
-def max_input_bytes() -> int:
-    """Decompressed-size ceiling (zip bombs); the full FER2013 CSV is 300 MB."""
-    return int(float(os.environ.get("FER_OPT_MAX_INPUT_MB", "2048")) * 2**20)
-
-
 class _Guarded(io.RawIOBase):
     """A layer of the payload: `head` (bytes already read to sniff the format) given back first, every
     byte counted against the ceiling, and decompression errors turned into one message."""
 
-    def __init__(self, inner: BinaryIO, name: str, head: bytes = b""):
+    def __init__(self, inner: BinaryIO, name: str, head: bytes, limit: int):
         self.inner, self.name, self.head = inner, name, head
-        self.read_so_far, self.limit = 0, max_input_bytes()
+        self.read_so_far, self.limit = 0, limit
 
     def readable(self) -> bool:
         return True
@@ -57,13 +51,13 @@ class _Guarded(io.RawIOBase):
         self.read_so_far += len(data)
         if self.read_so_far > self.limit:
             raise FerOptError(f"{self.name}: decompresses to more than {self.limit // 2**20} MB; this is not a FER2013 "
-                              "file (raise FER_OPT_MAX_INPUT_MB if it really is)")
+                              "file (raise max_input_mb, FER_OPT_MAX_INPUT_MB, if it really is)")
         buffer[:len(data)] = data
         return len(data)
 
 
-def _layer(inner: BinaryIO, name: str, head: bytes = b"") -> io.BufferedReader:
-    return io.BufferedReader(_Guarded(inner, name, head), buffer_size=1 << 20)
+def _layer(inner: BinaryIO, name: str, head: bytes, limit: int) -> io.BufferedReader:
+    return io.BufferedReader(_Guarded(inner, name, head, limit), buffer_size=1 << 20)
 
 
 def _head(stream: BinaryIO) -> bytes:
@@ -84,19 +78,24 @@ def _one_csv(names: list[str], where: str, kind: str) -> str:
 
 
 @contextmanager
-def open_payload(path: Path) -> Iterator[tuple[str, BinaryIO, str]]:
-    """('csv' or 'npz', a binary stream of it, the name for messages: the file, or file:member)."""
+def open_payload(path: Path, limit: int) -> Iterator[tuple[str, BinaryIO, str]]:
+    """('csv' or 'npz', a binary stream of it, the name for messages: the file, or file:member); every layer
+    stops past `limit` bytes."""
     name = str(path)
+
+    def layer(inner: BinaryIO, where: str, head: bytes = b"") -> io.BufferedReader:
+        return _layer(inner, where, head, limit)
+
     with ExitStack() as stack:
         raw = stack.enter_context(open(path, "rb"))
-        stream: BinaryIO = _layer(raw, name)
+        stream: BinaryIO = layer(raw, name)
         seekable = True  # still the file itself, which zip and npz readers can seek in
         while True:
             head = _head(stream)
             opener = next((o for magic, o in COMPRESSION if head.startswith(magic)), None)
             if opener is None:
                 break
-            stream = _layer(stack.enter_context(opener(_layer(stream, name, head))), name)
+            stream = layer(stack.enter_context(opener(layer(stream, name, head))), name)
             seekable = False
         if head.startswith(b"PK\x03\x04"):
             # A zip's directory is at its end: seek in the file, or hold a compressed stream's zip in memory.
@@ -115,17 +114,17 @@ def open_payload(path: Path) -> Iterator[tuple[str, BinaryIO, str]]:
                 yield "npz", archive_file, name
                 return
             member = _one_csv(members, name, "zip")
-            yield "csv", _layer(stack.enter_context(archive.open(member)), f"{name}:{member}"), f"{name}:{member}"
+            yield "csv", layer(stack.enter_context(archive.open(member)), f"{name}:{member}"), f"{name}:{member}"
             return
         if len(head) > 262 and head[257:262] == b"ustar":
             # Streamed member by member (mode "r|"): the CSV is parsed as it is decompressed.
-            archive = stack.enter_context(tarfile.open(fileobj=_layer(stream, name, head), mode="r|"))
+            archive = stack.enter_context(tarfile.open(fileobj=layer(stream, name, head), mode="r|"))
             try:
                 members = iter(archive)
                 for member in members:
                     if member.isfile() and _is_csv(member.name):
                         where = f"{name}:{member.name}"
-                        yield "csv", _layer(archive.extractfile(member), where), where
+                        yield "csv", layer(archive.extractfile(member), where), where
                         others = [m.name for m in members if m.isfile() and _is_csv(m.name)]
                         if others:
                             _one_csv([member.name, *others], name, "tar")
@@ -133,7 +132,7 @@ def open_payload(path: Path) -> Iterator[tuple[str, BinaryIO, str]]:
             except tarfile.TarError as e:
                 raise FerOptError(f"{name}: not a readable tar archive ({e})") from None
             _one_csv([], name, "tar")
-        yield "csv", _layer(stream, name, head), name
+        yield "csv", layer(stream, name, head), name
 
 
 def _is_csv(member: str) -> bool:

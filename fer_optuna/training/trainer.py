@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,24 +73,22 @@ def resolve_device(spec: str | None = None) -> torch.device:
     return device
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Training's precision: `auto` is bf16 autocast where the hardware runs it natively."""
+def use_bf16(precision: str, device: torch.device, cpu_bf16: bool | None = None) -> bool:
+    """Training's precision: `auto` is bf16 autocast where the hardware runs it natively.
+
+    `cpu_bf16` overrides the CPU's detection (Settings.cpu_bf16, FER_OPT_CPU_BF16): False keeps `auto`
+    training in fp32 on any CPU, True takes the bf16 path on a CPU without it (slowly), to test what
+    such a machine would do.
+    """
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
+    return cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AVX512-bf16, AMX); on others the autocast path is slower than fp32.
-
-    FER_OPT_CPU_BF16=0 or 1 overrides the detection: 0 keeps `auto` training in fp32 on any CPU,
-    1 takes the bf16 path on a CPU without it (slowly), to test what such a machine would do.
-    """
-    forced = os.environ.get("FER_OPT_CPU_BF16", "")
-    if forced in ("0", "1"):
-        return forced == "1"
+    """Whether this CPU runs bf16 natively (AVX512-bf16, AMX); on others the autocast path is slower than fp32."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
         return False
     try:
@@ -312,7 +309,7 @@ def data_key(data: FerData) -> str:
     return digest.hexdigest()
 
 
-def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device) -> tuple[Run, int]:
+def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device, cpu_bf16: bool | None) -> tuple[Run, int]:
     """A fresh run: (its moving parts, optimizer steps per epoch)."""
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
     if cfg.init:
@@ -324,27 +321,27 @@ def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device) -> 
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
     run = Run(model, opt, sched, per_step, EMA(model, cfg.ema) if cfg.ema > 0 else None,
               torch.Generator(device).manual_seed(cfg.seed), np.random.default_rng(cfg.seed), loss_fn,
-              use_bf16(cfg.precision, device))
+              use_bf16(cfg.precision, device, cpu_bf16))
     return run, steps
 
 
 def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
           on_epoch: Callable[[EpochStats], bool | None] | None = None,
           checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
-          log: Callable[[str], None] | None = print) -> TrainResult:
+          log: Callable[[str], None] | None = print, cpu_bf16: bool | None = None) -> TrainResult:
     """Train on data's train split, select on its val split. `on_epoch` may return True to stop.
 
     With `state`, the whole run (weights, optimizer, schedule, RNG streams) is saved
     there after every epoch, and a run that finds the file, made by the same config on
     the same data, resumes after its last epoch and ends with the same weights as one
-    that was never stopped.
+    that was never stopped. `cpu_bf16`: see use_bf16.
     """
     device = device or resolve_device()
     torch.manual_seed(cfg.seed)
     data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
-    run, steps = _start(cfg, train_split, device)
+    run, steps = _start(cfg, train_split, device, cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
     key = data_key(data) if state is not None else ""
     if state is not None and Path(state).exists():
