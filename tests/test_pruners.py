@@ -53,8 +53,9 @@ def test_a_trial_beaten_at_its_epoch_by_cheaper_trials_is_pruned_and_a_cheaper_o
 
 def test_only_complete_trials_that_reached_the_epoch_are_peers_and_warm_up_is_kept():
     study = _study(n_warmup_steps=2)
-    _finished(study, 0.5, [0.40])  # pruned at epoch 1, and not complete
     _finished(study, 0.5, [0.40, 0.45], state=TrialState.PRUNED)
+    study.add_trial(optuna.trial.create_trial(  # broke a constraint: complete, never trained, no reports
+        state=TrialState.COMPLETE, values=[0.0, 0.4], user_attrs={"latency_ms": 0.4, "infeasible": "params"}))
     _finished(study, 0.5, [0.40, 0.45, 0.47])
     assert not pruners.should_prune(_running(study, 2.0, [0.30])), "epoch 1 is warm-up"
     assert not pruners.should_prune(_running(study, 2.0, [0.30, 0.30])), "one complete peer at epoch 2"
