@@ -103,7 +103,8 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
                 f"<p>{states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed of a budget of "
                 f"{spec.n_trials} trials. Selected on val (PublicTest). Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>"]
     if spec.pruner["type"] != "none":
-        sections.append(f"<p>{html.escape(pruners.format_savings(pruners.savings(study, spec.pruner['type'], spec.train.epochs)))}.</p>")
+        saved = pruners.savings(study, spec.pruner["type"], spec.train.epochs)
+        sections.append(f"<p>{html.escape(pruners.format_savings(saved))}.</p>")
     bought = format_comparison(comparison(study, spec))
     if bought:
         sections += ["<h2>What the search bought</h2>", f"<pre>{html.escape(chr(10).join(bought[1:]))}</pre>"]

@@ -250,8 +250,7 @@ class EpochReporter:
         if self.tracker:
             self.tracker.log_epoch(stats)
         if pruners.should_prune(trial):
-            raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median"
-                                     + (" of trials that cost no more" if len(trial.study.directions) > 1 else ""))
+            raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch} is below the median")
 
 
 def _requeue(study: optuna.Study, number: int | None) -> str:
