@@ -10,6 +10,11 @@ accuracy/latency Pareto front of all trials trained.
 cost), from the same sampler seed, then prints each run's epochs trained, wall time, front, and
 the front's hypervolume against a stated reference point.
 
+--replay URL: replays each rule on the per-epoch accuracies of an unpruned run's study (its
+storage URL), trial by trial in its order, with the study file's pruner options and n_warmup_steps
+1 and 2: which trials each rule stops, the epochs saved, the front of what is left and its
+hypervolume. The same trials for every rule, so the sampler's luck is out of the comparison.
+
 Each variant gets its own SQLite file; the variants run at once, one worker with `--threads`
 cores each.
 
@@ -17,6 +22,7 @@ cores each.
     python benchmarks/deploy.py --data fer2013.npz.xz --out deploy.json
     python benchmarks/deploy.py --data fer2013.npz.xz --compare pruners --seed 1  # benchmarks/studies/deploy-front.yaml
     python benchmarks/deploy.py --data fer2013.npz.xz --compare pruners --variants median-all
+    python benchmarks/deploy.py --replay sqlite:////tmp/fer-deploy-XXXX/none/study.db
 """
 
 from __future__ import annotations
@@ -121,6 +127,42 @@ def front_summary(url: str, seconds: float) -> dict:
             "front": [row(t) for t in front], "hypervolume": round(hypervolume([tuple(t.values) for t in front]), 5)}
 
 
+def replay(url: str, spec: dict) -> None:
+    """Each rule on the same finished trials: a trial it stops keeps its accuracies up to that epoch only."""
+    from fer_optuna.search.pruners import ParetoMedianPruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    [name] = optuna.get_all_study_names(url)
+    trials = optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.COMPLETE,))
+    epochs, options = spec["train"]["epochs"], {k: v for k, v in spec["pruner"].items() if k != "type"}
+    print(f"replaying {len(trials)} trials of {name}; reference point {REFERENCE}")
+    for among in ("cheaper", "all"):
+        for warmup in (1, 2):
+            rule = ParetoMedianPruner(("latency_ms",), epochs, **{**options, "n_warmup_steps": warmup, "among": among})
+            study = optuna.create_study(directions=["maximize", "minimize"])
+            stopped = {}
+            for t in trials:
+                curve = dict(sorted(t.intermediate_values.items()))
+                for epoch in curve:
+                    seen = {e: v for e, v in curve.items() if e <= epoch}
+                    running = optuna.trial.create_trial(state=TrialState.COMPLETE, values=[0, 0], user_attrs=t.user_attrs,
+                                                        intermediate_values=seen)
+                    running.number = -1
+                    if rule.prune(study, running):
+                        stopped[t.number] = epoch
+                        break
+                kept = {e: v for e, v in curve.items() if e <= stopped.get(t.number, epochs)}
+                study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.PRUNED if t.number in stopped else TrialState.COMPLETE,
+                    values=None if t.number in stopped else t.values, intermediate_values=kept, user_attrs=t.user_attrs))
+            front = study.best_trials
+            hv = hypervolume([tuple(f.values) for f in front])
+            saved = sum(epochs - e for e in stopped.values())
+            print(f"  among {among:>7}, warm-up {warmup}: stopped {len(stopped)} (trial:epoch "
+                  f"{', '.join(f'{n}:{e}' for n, e in stopped.items()) or '-'}), {saved} of {len(trials) * epochs} epochs "
+                  f"saved; front {sorted(round(f.values[0], 3) for f in front)}, hypervolume {hv:.4f}")
+
+
 def print_constraints(result: dict) -> None:
     for kind in ("constrained", "unconstrained"):
         r = result[kind]
@@ -145,7 +187,8 @@ def print_pruners(result: dict, names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data")
+    parser.add_argument("--replay", metavar="URL", help="an unpruned run's study storage: replay the rules on it")
     parser.add_argument("--compare", choices=("constraints", "pruners"), default="constraints")
     parser.add_argument("--study-file", type=Path, help="default: studies/fer2013-deploy-cpu.yaml for constraints, "
                         "benchmarks/studies/deploy-front.yaml for pruners")
@@ -160,6 +203,10 @@ def main() -> None:
     spec = yaml.safe_load(study_file.read_text())
     if args.seed is not None:
         spec["sampler"] = {**spec["sampler"], "seed": args.seed}
+    if args.replay:
+        return replay(args.replay, spec)
+    if not args.data:
+        parser.error("--data is required")
     names = args.variants.split(",")
     root = Path(tempfile.mkdtemp(prefix="fer-deploy-"))
     runs = {}
