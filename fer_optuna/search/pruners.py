@@ -4,7 +4,7 @@ Here only accuracy evolves during training: every cost a study trades it for (la
 MACs, size) follows from the architecture and is measured before the first epoch. So a trial can
 be judged at epoch k against the trials that cost no more than it on every cost: if it is below
 their median accuracy at epoch k, cheaper models already do better, and it is unlikely to end on
-the front. That is `pareto-median`; docs/studies.md says why this rule, measured against others.
+the front. That is `pareto-median`; docs/deployment.md says why this rule, measured against another.
 
 Also here: the per-epoch reports such a trial records, so that the dashboard plots them and a
 retry inherits them, and the TPE sampler's view of a pruned multi-objective trial.
@@ -36,7 +36,7 @@ class ParetoMedianPruner(optuna.pruners.BasePruner):
     and never at the last of its `epochs`: that saves nothing, and a pruned trial has no place on the front.
 
     With `among="all"`, every complete trial is compared whatever its costs: the plain median rule, kept
-    as the alternative the benchmark measures (docs/studies.md)."""
+    as the alternative the benchmark measures (docs/deployment.md)."""
 
     def __init__(self, costs: tuple[str, ...], epochs: int, n_startup_trials: int = 5, n_warmup_steps: int = 0,
                  among: str = "cheaper"):
