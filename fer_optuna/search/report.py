@@ -18,7 +18,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
 from fer_optuna.training import checkpoints, inference, metrics
 from fer_optuna.training import data as fer_data
-from . import artifacts
+from . import artifacts, pruners
 from .budget import costs_of, format_costs, format_front, ranked
 from .study import StudySpec, comparison, format_comparison, status
 
@@ -87,6 +87,9 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
     sections = [f"<h1>Study {html.escape(study.study_name)}</h1>",
                 f"<p>{states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed of a budget of "
                 f"{spec.n_trials} trials. Selected on val (PublicTest). Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    if spec.pruner["type"] != "none":
+        saved = pruners.savings(study, spec.pruner["type"], spec.train.epochs)
+        sections.append(f"<p>{html.escape(pruners.format_savings(saved))}.</p>")
     bought = format_comparison(comparison(study, spec))
     if bought:
         sections += ["<h2>What the search bought</h2>", f"<pre>{html.escape(chr(10).join(bought[1:]))}</pre>"]
@@ -95,8 +98,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
     lowest = {"target": lambda t: -t.values[0], "target_name": "val_accuracy"} if spec.multi_objective else {}
     plots = [("Optimisation history", lambda s: vis.plot_optimization_history(s, **accuracy)),
              ("Parallel coordinates", lambda s: vis.plot_parallel_coordinate(s, **accuracy))]
-    if not spec.multi_objective:  # Optuna takes no per-epoch reports from a multi-objective trial
-        plots.insert(1, ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values))
+    plots.insert(1, ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values))
     if states["complete"] >= 2:
         plots.insert(-1, ("Parameter importances", lambda s: _quietly(vis.plot_param_importances, s, **lowest)))
     if spec.multi_objective:

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
-from . import shipped
+from . import pruners, shipped
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
                      parse_objectives, pick, ranked)
 from .optuna_private import study_system_attrs
@@ -34,7 +34,8 @@ SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "searc
 PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
 SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}, "nsga2": {"seed", "population_size"}}
 PRUNERS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
-           "hyperband": {"min_resource", "reduction_factor"}, "none": set()}
+           "hyperband": {"min_resource", "reduction_factor"}, "none": set(),
+           "pareto-median": {"n_startup_trials", "n_warmup_steps", "among"}}
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,7 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
     objectives = parse_objectives(where, raw.get("objectives"))
     if len(objectives) > 1 and "pruner" not in raw:
         pruner = {"type": "none"}
-    if len(objectives) > 1 and pruner["type"] != "none":
-        raise FerOptError(f"{where}: pruner: Optuna cannot prune a multi-objective study; remove pruner: or set "
-                          "type: none, and keep trials cheap with train_subset and epochs")
+    pruners.check(where, pruner, objectives)
     spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text,
                      tuple(final.items()), parse_constraints(where, raw.get("constraints")), objectives)
     try:  # build them once here, so that a bad option fails now and not in every worker
@@ -216,6 +215,8 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         return optuna.samplers.RandomSampler(**cfg)
     if spec.sampler["type"] == "nsga2":
         return optuna.samplers.NSGAIISampler(**cfg)
+    if spec.multi_objective:
+        return pruners.MultiObjectiveTPESampler(**cfg)
     return optuna.samplers.TPESampler(**cfg)
 
 
@@ -226,6 +227,8 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(**cfg)
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(max_resource=spec.train.epochs, **cfg)
+    if kind == "pareto-median":
+        return pruners.ParetoMedianPruner(spec.objectives[1:], spec.train.epochs, **cfg)
     return optuna.pruners.NopPruner()
 
 
@@ -349,6 +352,7 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
             for t in trials if t.state == TrialState.RUNNING
         ],
         "trials_per_hour": len(done) / hours if hours > 0 else None,
+        "pruning": pruners.savings(study, spec.pruner["type"], spec.train.epochs),
         "comparison": comparison(study, spec),
     }
 
@@ -420,6 +424,8 @@ def format_status(info: dict[str, Any], url: str) -> str:
         lines.append(f"running: trial {r['number']} on {r['worker']} ({r['device']}), epoch {r['epoch']}/{r['epochs']}")
     if info["trials_per_hour"]:
         lines.append(f"throughput: {info['trials_per_hour']:.1f} trials/hour")
+    if info["pruning"]["pruner"] != "none":
+        lines.append(pruners.format_savings(info["pruning"]))
     return "\n".join(lines + format_comparison(info["comparison"]))
 
 

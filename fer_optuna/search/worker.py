@@ -34,7 +34,7 @@ from fer_optuna.training import data as fer_data
 from fer_optuna.training import costs as fer_costs
 from fer_optuna.training import trainer
 from fer_optuna.training.config import TrainConfig
-from . import artifacts
+from . import artifacts, pruners
 from .budget import ATTR_INFEASIBLE, violations
 from .optuna_private import OPTIMIZE_LOGGER, TellingAFinishedTrial
 from .storage import open_storage, storage_url
@@ -134,7 +134,7 @@ class Objective:
             torch.empty(0, device=self.device)  # the peak counters of a device not yet used do not exist yet
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            reporter = EpochReporter(trial, cfg, tracker, files, self.log, prune=not self.spec.multi_objective)
+            reporter = EpochReporter(trial, cfg, tracker, files, self.log)
             result = trainer.train(cfg, self.data, device=self.device, on_epoch=reporter,
                                    checkpoint=files and files.checkpoint, state=files and files.state, progress=False,
                                    log=None, cpu_bf16=self.opts.settings.cpu_bf16)
@@ -230,11 +230,10 @@ class Objective:
 
 class EpochReporter:
     """Called after each epoch of a trial: sends its files to the store, reports to Optuna, records progress, prunes.
-    Optuna cannot prune (nor take reports from) a multi-objective trial: there `prune` is False."""
+    A multi-objective trial reports and prunes through `pruners`, since Optuna's own calls refuse it."""
 
-    def __init__(self, trial: optuna.Trial, cfg, tracker, files: TrialFiles | None, log: Callable[[str], None],
-                 prune: bool = True):
-        self.trial, self.cfg, self.tracker, self.files, self.log, self.prune = trial, cfg, tracker, files, log, prune
+    def __init__(self, trial: optuna.Trial, cfg, tracker, files: TrialFiles | None, log: Callable[[str], None]):
+        self.trial, self.cfg, self.tracker, self.files, self.log = trial, cfg, tracker, files, log
         self.started = time.perf_counter()
         self.first_epoch: int | None = None
 
@@ -248,13 +247,12 @@ class EpochReporter:
             self.files.after_epoch(stats)
         self.log(f"trial {trial.number} epoch {stats.epoch}/{self.cfg.epochs}: val accuracy {stats.val_acc:.4f} "
                  f"({stats.seconds:.0f}s)")
-        if self.prune:
-            trial.report(stats.val_acc, stats.epoch)
+        pruners.report(trial, stats.val_acc, stats.epoch)
         trial.set_user_attr("epochs_run", stats.epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - self.started, 2))
         if self.tracker:
             self.tracker.log_epoch(stats)
-        if self.prune and trial.should_prune():
+        if pruners.should_prune(trial):
             raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch}: pruned by "
                                      f"{type(trial.study.pruner).__name__}")
 
