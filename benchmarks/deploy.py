@@ -53,7 +53,7 @@ def start(study_file: Path, data: str, folder: Path, threads: int) -> tuple[subp
     # (a worker started by `fer-opt worker` offsets it by its process id).
     [name] = optuna.get_all_study_names(url)
     run = (f"from fer_optuna.search.worker import WorkerOptions, run; "
-           f"run(WorkerOptions({name!r}, {url!r}, 'cpu', threads={threads}, seed_offset=0))")
+           f"run(WorkerOptions(study={name!r}, storage={url!r}, device='cpu', threads={threads}, seed_offset=0))")
     worker = subprocess.Popen([sys.executable, "-c", run], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     return worker, url
 

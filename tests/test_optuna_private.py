@@ -103,3 +103,25 @@ def test_study_system_attrs_reads_them_through_study__storage(url):
     storage = open_storage(url)
     storage.set_study_system_attr(storage.get_study_id_from_name("s"), "fer_opt.file", "text")
     assert optuna_private.study_system_attrs(study) == {"fer_opt.file": "text"}
+
+
+def test_record_intermediate_value_stores_what_report_refuses_for_a_multi_objective_trial(url):
+    study = optuna.create_study(study_name="mo", storage=open_storage(url), directions=["maximize", "minimize"])
+    trial = study.ask()
+    with pytest.raises(NotImplementedError):
+        trial.report(0.5, 1)
+    optuna_private.record_intermediate_value(trial, 1, 0.5)
+    assert optuna_private.latest(trial).intermediate_values == {1: 0.5}
+
+
+def test_tpe_reads_trials_through_study__get_trials(url, monkeypatch):
+    study = _study(url)
+    for _ in range(3):
+        _ask_and_finish(study)
+    seen = []
+    original = getattr(optuna.Study, optuna_private.TPE_READS_TRIALS)
+    monkeypatch.setattr(optuna.Study, optuna_private.TPE_READS_TRIALS,
+                        lambda self, *a, **k: seen.append(1) or original(self, *a, **k))
+    optuna.samplers.TPESampler(n_startup_trials=1, seed=0).sample_independent(
+        study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
+    assert seen, "TPE no longer reads trials through Study._get_trials"

@@ -31,6 +31,22 @@ def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     return storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name))
 
 
+def record_intermediate_value(trial: optuna.Trial, step: int, value: float) -> None:
+    """What `trial.report` writes, for a multi-objective trial, which `report` refuses: the storage
+    call under it takes any trial, and the trial's id and storage are private to it."""
+    trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+
+
+def latest(trial: optuna.Trial) -> FrozenTrial:
+    """The running trial as stored now, as a pruner is given it (Optuna's own `should_prune` reads it so)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+# TPE reads a study's trials through `study._get_trials` (optuna/samplers/_tpe/sampler.py); a view
+# of the study that overrides this method is what TPE sees (search/pruners.py).
+TPE_READS_TRIALS = "_get_trials"
+
+
 class RDBStorageInternals(optuna.storages.RDBStorage):
     """The RDBStorage methods that Optuna's own layers call past the public storage API: its cache
     (optuna/storages/_cached_storage.py) creates trials, sets parameters and reads trials and the

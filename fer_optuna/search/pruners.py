@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.costs import MEASURES
+from . import optuna_private
 
 # The costs that exist before a trial trains, so that a pruner can compare trials by them at epoch 1.
 # Every measure of training.costs follows from the architecture alone; a measure taken from
@@ -87,14 +88,14 @@ def report(trial: optuna.Trial, value: float, step: int) -> None:
     if len(trial.study.directions) == 1:
         trial.report(value, step)
     else:
-        trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        optuna_private.record_intermediate_value(trial, step, value)
 
 
 def should_prune(trial: optuna.Trial) -> bool:
     """`trial.should_prune`, also in a multi-objective study."""
     if len(trial.study.directions) == 1:
         return trial.should_prune()
-    return trial.study.pruner.prune(trial.study, trial.study._storage.get_trial(trial._trial_id))
+    return trial.study.pruner.prune(trial.study, optuna_private.latest(trial))
 
 
 # --------------------------------------------------------------------------- what the samplers see
@@ -114,9 +115,9 @@ class _PrunedWithoutReports:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
-    def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
+    def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:  # optuna_private.TPE_READS_TRIALS
         return [_without_reports(t) if t.state == TrialState.PRUNED else t
-                for t in self._study._get_trials(*args, **kwargs)]
+                for t in getattr(self._study, optuna_private.TPE_READS_TRIALS)(*args, **kwargs)]
 
 
 def _without_reports(trial: FrozenTrial) -> FrozenTrial:
