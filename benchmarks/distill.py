@@ -44,8 +44,10 @@ def teacher_pass(loaded: data.FerData, device: torch.device, sample: int, batche
             rows.append({"views": views, "batch": batch, "s_per_1000": round(per_1000, 2),
                          "s_all_training": round(per_1000 * len(loaded.split("train")[1]) / 1000)})
             print(rows[-1], flush=True)
-        logits = distill.answers(ckpt, val_images, device, False, views, batches[-1])
-        rows.append({"views": views, "teacher_publictest_acc": float((logits.argmax(1) == val_labels).mean())})
+    image = distill.answers(ckpt, val_images, device, False, 1, batches[-1])
+    mirror = distill.answers(ckpt, val_images[:, :, ::-1], device, False, 1, batches[-1])
+    for views, logits in ((1, image), (2, (image + mirror) / 2)):
+        rows.append({"views": views, "teacher_publictest_acc": round(float((logits.argmax(1) == val_labels).mean()), 4)})
         print(rows[-1], flush=True)
     return rows
 
