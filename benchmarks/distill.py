@@ -3,17 +3,21 @@ mirror, batch sizes) and cnn3 at the CPU main job's final-fit settings with and 
 
     python benchmarks/distill.py --data fer2013.npz.xz --teacher-pass         # time per view count and batch
     python benchmarks/distill.py --data fer2013.npz.xz --epochs 3 --seeds 0   # without, then with the teacher
+    python benchmarks/distill.py --data fer2013.npz.xz --epochs 1 --teachers none   # one epoch's time
+    python benchmarks/distill.py --data fer2013.npz.xz --train-subset 6000 --epochs 6 --seeds 0 1 2
 
 The final-fit settings are studies/quick.yaml's train and final sections with the main job's winning
-trial (docs/benchmarks.md); --epochs shortens the fit (the cosine schedule decays over those epochs).
-The run with the teacher computes its answers for all Training images first (or reads them from the
-cache), through distill.load_teacher, as `fer-opt train --set teacher=fer2013` does.
+trial (docs/benchmarks.md); --epochs shortens the fit (the cosine schedule decays over those epochs), and
+--train-subset keeps a stratified part of Training (seed 0) as if it were all of it, teacher pass included.
+The run with the teacher computes its answers for all (kept) Training images first, or reads them from
+the cache, through distill.load_teacher, as `fer-opt train --set teacher=fer2013` does.
 Every figure names the CPU capability it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,16 +56,16 @@ def teacher_pass(loaded: data.FerData, device: torch.device, sample: int, batche
     return rows
 
 
-def fits(loaded: data.FerData, device: torch.device, epochs: int, seeds: list[int]) -> list[dict]:
+def fits(loaded: data.FerData, device: torch.device, epochs: int, seeds: list[int], teachers: list[str]) -> list[dict]:
     spec = load_spec(ROOT / "studies" / "quick.yaml")
     base = spec.train.replace(**{**dict(spec.final), **WINNER, "epochs": epochs})
     rows = []
     for seed in seeds:
-        for teacher in ("", "fer2013"):
-            cfg = base.replace(seed=seed, teacher=teacher)
+        for teacher in teachers:
+            cfg = base.replace(seed=seed, teacher="" if teacher == "none" else teacher)
             start = time.perf_counter()
             result = trainer.train(cfg, loaded, device=device, progress=False)
-            rows.append({"seed": seed, "teacher": teacher or "none", "epochs": epochs,
+            rows.append({"seed": seed, "teacher": teacher, "epochs": epochs,
                          "publictest_acc": round(result.best_val_acc, 4), "best_epoch": result.best_epoch,
                          "s_per_epoch": round(result.seconds / result.epochs_run, 1),
                          "s_with_teacher_pass": round(time.perf_counter() - start)})
@@ -77,13 +81,20 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--teachers", nargs="+", default=["none", "fer2013"], help="none: without a teacher")
+    parser.add_argument("--train-subset", type=int, default=0, help="keep this many Training images; 0 = all")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device("cpu")
     loaded = data.load(args.data)
+    if args.train_subset:
+        images, labels = loaded.split("train")
+        keep = data.stratified_indices(labels, args.train_subset / len(labels), 0)
+        loaded = dataclasses.replace(loaded, images={**loaded.images, "train": images[keep]},
+                                     labels={**loaded.labels, "train": labels[keep]})
     rows = (teacher_pass(loaded, device, args.sample, args.batches) if args.teacher_pass
-            else fits(loaded, device, args.epochs, args.seeds))
-    report = {"cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            else fits(loaded, device, args.epochs, args.seeds, args.teachers))
+    report = {"train_images": len(loaded.split("train")[1]), "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
               "precision": "bf16" if trainer.use_bf16("auto", device) else "fp32", "rows": rows}
     print(json.dumps(report, indent=1))
     if args.out:
