@@ -357,7 +357,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
     run, steps = _start(cfg, train_split, device)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
-    key = data_key(data) + (teacher.sha256 if teacher is not None else "") if state is not None else ""
+    key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
         saved, why_not = checkpoints.load_state(Path(state), cfg, key)
         if saved is not None:
