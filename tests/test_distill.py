@@ -95,5 +95,5 @@ def test_a_teacher_with_other_classes_gets_one_line_and_exit_2(tmp_path, three_s
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "classes (a, b, c, d, e) are not the student's" in done.stderr
     assert not out.exists() and not checkpoints.state_path(out).exists()
-    missing = fer_opt("train", "--data", three_split_csv, "--out", out, "--set", "teacher=nope.pt", check=False)
-    assert missing.returncode == 2 and "teacher 'nope.pt': no such model file" in missing.stderr
+    with pytest.raises(FerOptError, match="teacher 'nope.pt': no such model file"):
+        distill.teacher_path("nope.pt")
