@@ -71,6 +71,11 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
     seed: int = 0
     init: str = ""  # a checkpoint whose weights start this run (fine-tuning); "" = random init
+    # Knowledge distillation (distill.py): a bundled model's name (fer2013) or a checkpoint path;
+    # "" = none. The loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at T.
+    teacher: str = ""
+    distill_alpha: float = 0.7
+    distill_temperature: float = 3.0
     precision: str = "auto"  # bf16 autocast where the hardware has it
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -95,6 +100,8 @@ class TrainConfig:
             (0 <= self.smooth <= 3, "smooth", "a sigma in pixels between 0 and 3"),
             (0 <= self.degrade <= 1, "degrade", "a probability in [0, 1]"),
             (0 <= self.ema < 1, "ema", "in [0, 1)"),
+            (0 <= self.distill_alpha <= 1, "distill_alpha", "in [0, 1]"),
+            (self.distill_temperature > 0, "distill_temperature", "positive"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]
         for ok, name, expected in checks:

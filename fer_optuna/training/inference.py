@@ -40,6 +40,7 @@ class DeviceSplit:
     images: torch.Tensor  # uint8 (N, 1, 48, 48)
     labels: torch.Tensor  # int64 (N,)
     degraded: torch.Tensor | None = None  # uint8 (N, 1, 48, 48): augment.degraded_copies of images
+    teacher: torch.Tensor | None = None  # float32 (N, classes): a teacher's logits for the images (distill.py)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,12 +53,15 @@ def pixels(images: np.ndarray, device: torch.device, pipeline: PixelPipeline = P
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
-              pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False) -> DeviceSplit:
+              pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False,
+              teacher: np.ndarray | None = None) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
+        teacher = teacher[keep] if teacher is not None else None
     copies = pixels(augment.degraded_copies(images, seed), device, pipeline) if degraded else None
-    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies)
+    soft = torch.from_numpy(teacher).to(device) if teacher is not None else None
+    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies, soft)
 
 
 @torch.no_grad()

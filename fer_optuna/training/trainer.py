@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fer_optuna.errors import FerOptError
-from . import augment, checkpoints
+from . import augment, checkpoints, distill
 from .config import TrainConfig
 from .data import CLASSES, FerData
 from .inference import DeviceSplit, evaluate, to_device
@@ -227,16 +227,16 @@ class Run:
 # --------------------------------------------------------------------------- train / evaluate
 
 
-def _mix(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup or CutMix on half the batches: (images, the second labels, the first labels' weight)."""
+def _mix(x: torch.Tensor, n: int, cfg: TrainConfig, run: Run) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Mixup or CutMix on half the batches: (images, the order of the images mixed in, the first images' weight)."""
     if not (cfg.mixup > 0 or cfg.cutmix > 0) or run.rng.random() >= 0.5:
-        return x, y, 1.0
-    perm = torch.randperm(len(y), generator=run.gen, device=x.device)
+        return x, None, 1.0
+    perm = torch.randperm(n, generator=run.gen, device=x.device)
     if cfg.cutmix > 0 and (cfg.mixup == 0 or run.rng.random() < 0.5):
         mask, lam = augment.cutmix_box(run.rng.beta(cfg.cutmix, cfg.cutmix), run.rng, x.device)
-        return torch.where(mask, x[perm], x), y[perm], lam
+        return torch.where(mask, x[perm], x), perm, lam
     lam = float(run.rng.beta(cfg.mixup, cfg.mixup))
-    return lam * x + (1 - lam) * x[perm], y[perm], lam
+    return lam * x + (1 - lam) * x[perm], perm, lam
 
 
 def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tuple[float, float]:
@@ -251,10 +251,17 @@ def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tup
         if train.degraded is not None:
             x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, run.gen)
         y = train.labels[idx]
-        x, y2, lam = _mix(augment.augment(x_u8, cfg, run.gen), y, cfg, run)
+        x, perm, lam = _mix(augment.augment(x_u8, cfg, run.gen), len(y), cfg, run)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.bf16):
             out = model(x)
-            loss = run.loss_fn(out, y) if lam == 1.0 else lam * run.loss_fn(out, y) + (1 - lam) * run.loss_fn(out, y2)
+            loss = run.loss_fn(out, y) if lam == 1.0 else lam * run.loss_fn(out, y) + (1 - lam) * run.loss_fn(out, y[perm])
+            if train.teacher is not None:
+                # The teacher answered for the image before augmentation (and its mirror), not for this
+                # view of it: a flip, a 10-degree turn or a small crop keeps the expression, so the clean
+                # image's answer is the standard target (cached, offline distillation), and a teacher pass
+                # per step would cost many student steps.
+                loss = distill.blend(loss, out, train.teacher[idx], perm, lam, cfg.distill_alpha,
+                                     cfg.distill_temperature)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -337,13 +344,17 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     that was never stopped. `cpu_bf16`: see use_bf16.
     """
     device = device or resolve_device()
-    torch.manual_seed(cfg.seed)
     data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
-    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0)
+    teacher = None
+    if cfg.teacher:  # before seeding: building the teacher draws from torch's generator
+        teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device, use_bf16(cfg.precision, device), log)
+    torch.manual_seed(cfg.seed)
+    train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
+                            teacher.logits if teacher is not None else None)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
     run, steps = _start(cfg, train_split, device, cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
-    key = data_key(data) if state is not None else ""
+    key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
         saved, why_not = checkpoints.load_state(Path(state), cfg, key)
         if saved is not None:
@@ -374,7 +385,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
             result.best_val_acc, result.best_epoch = val_acc, epoch
             if checkpoint is not None:
                 checkpoints.save_checkpoint(checkpoint, run.scored, cfg, val_accuracy=val_acc, epoch=epoch,
-                                            source=data.source)
+                                            source=data.source, **({"teacher": teacher.provenance} if teacher else {}))
         if state is not None:
             checkpoints.save_state(Path(state), cfg, key, run.state_dict(result))
         if log is not None:
