@@ -31,7 +31,7 @@ from .training import data as fer_data
 from .training.config import TrainConfig, load_config
 
 def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.device, log: Callable[[str], None] = print,
-        what: str = "training", cpu_bf16: bool | None = None) -> trainer.TrainResult:
+        what: str = "training", settings: Settings | None = None) -> trainer.TrainResult:
     """Train `cfg` into `out`, resumably: the run's state is saved beside `out` after every epoch
     (model.pt -> model.state.pt), and the same command after Ctrl-C, SIGTERM or a crash resumes
     after the last finished epoch and ends with the same weights as a run never stopped."""
@@ -41,7 +41,7 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
         log(f"{out} exists: this run replaces it with its best epoch")
     with interrupts.first_signal_raises() as received:
         try:
-            result = trainer.train(cfg, data, device=device, checkpoint=out, state=state, log=log, cpu_bf16=cpu_bf16)
+            result = trainer.train(cfg, data, device=device, checkpoint=out, state=state, log=log, settings=settings)
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
             done = len(checkpoints.saved_history(state))
@@ -62,7 +62,7 @@ def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model
     for note in loaded.notes:
         log(f"note: {note}")
     log(f"training {cfg.model} on {dev} for {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr:g}) -> {out}")
-    result = fit(cfg, loaded, out, dev, log, cpu_bf16=settings.cpu_bf16)
+    result = fit(cfg, loaded, out, dev, log, settings=settings)
     ran = result.epochs_run - result.resumed_at
     log(f"best val accuracy {result.best_val_acc:.4f} at epoch {result.best_epoch}/{result.epochs_run} "
         f"in {result.seconds:.0f}s ({result.seconds / max(ran, 1):.1f}s/epoch); saved {out}")
@@ -162,7 +162,7 @@ def run(data_path: str, *, storage: str | None = None, spec_path: str | None = N
     log(f"training the final model from {best_yaml} ({cfg.model}, {cfg.epochs} epochs, "
         f"{'all' if not cfg.train_subset else cfg.train_subset} train images) -> {model_path}")
     result = fit(cfg, fer_data.load(data_path, options=settings.data), model_path, trainer.resolve_device(devices[0]), log,
-                 "final fit", settings.cpu_bf16)
+                 "final fit", settings)
     log(f"final model: val (PublicTest) accuracy {result.best_val_acc:.4f}; saved {model_path}")
     log(f"next: fer-opt evaluate --model {model_path} --data {data_path} --split val")
     return model_path

@@ -34,7 +34,7 @@ def test_the_teachers_answers_are_cached_and_recomputed_when_the_teacher_or_the_
     monkeypatch.setattr(distill, "answers", lambda *a, **k: computed.append(1) or real(*a, **k))
 
     def load(imgs):
-        return distill.load_teacher(teacher, imgs, torch.device("cpu"), False, said.append).logits
+        return distill.load_teacher(teacher, imgs, torch.device("cpu"), False, tmp_path / "cache", said.append).logits
 
     first = load(images)
     assert len(computed) == 1 and "computed in" in said[-1] and first.shape == (20, 7)

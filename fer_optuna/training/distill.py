@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from fer_optuna.errors import FerOptError
 from . import augment, checkpoints
-from .data import CLASSES, cache_dir
+from .data import CLASSES
 from .inference import pixels
 
 # The models a teacher can be named by; any other name is a checkpoint path.
@@ -54,9 +54,9 @@ def teacher_path(name: str) -> Path:
     return path
 
 
-def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool,
+def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool, cache_dir: Path,
                  log: Callable[[str], None] | None = print) -> Teacher:
-    """The teacher's answers for uint8 (N, 48, 48) train images: from the cache, or computed and cached."""
+    """The teacher's answers for uint8 (N, 48, 48) train images: from the cache (in `cache_dir`), or computed and cached."""
     path = teacher_path(name)
     ckpt = checkpoints.read_checkpoint(path)
     classes = list(ckpt.get("classes", []))
@@ -67,7 +67,7 @@ def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     key = hashlib.sha256(f"v{CACHE_VERSION} views={VIEWS} bf16={bf16} {sha256}\n".encode())
     key.update(np.ascontiguousarray(images).data)
-    target = cache_dir() / "teachers" / f"{key.hexdigest()[:32]}.pt"
+    target = cache_dir / "teachers" / f"{key.hexdigest()[:32]}.pt"
     cached = _read_cache(target, len(images))
     if cached is not None:
         logits, seconds = cached

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fer_optuna.errors import FerOptError
+from fer_optuna.options import Settings
 from . import augment, checkpoints, distill
 from .config import TrainConfig
 from .data import CLASSES, FerData
@@ -335,24 +336,27 @@ def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device, cpu
 def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None,
           on_epoch: Callable[[EpochStats], bool | None] | None = None,
           checkpoint: str | Path | None = None, state: str | Path | None = None, progress: bool | None = None,
-          log: Callable[[str], None] | None = print, cpu_bf16: bool | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = print, settings: Settings | None = None) -> TrainResult:
     """Train on data's train split, select on its val split. `on_epoch` may return True to stop.
 
     With `state`, the whole run (weights, optimizer, schedule, RNG streams) is saved
     there after every epoch, and a run that finds the file, made by the same config on
     the same data, resumes after its last epoch and ends with the same weights as one
-    that was never stopped. `cpu_bf16`: see use_bf16.
+    that was never stopped. `settings`: the CPU's bf16 (see use_bf16) and the cache folder of a
+    teacher's answers.
     """
     device = device or resolve_device()
+    settings = settings or Settings()
     data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
     teacher = None
     if cfg.teacher:  # before seeding: building the teacher draws from torch's generator
-        teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device, use_bf16(cfg.precision, device), log)
+        teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device,
+                                       use_bf16(cfg.precision, device, settings.cpu_bf16), settings.data.cache_dir, log)
     torch.manual_seed(cfg.seed)
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
                             teacher.logits if teacher is not None else None)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
-    run, steps = _start(cfg, train_split, device, cpu_bf16)
+    run, steps = _start(cfg, train_split, device, settings.cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
     key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
