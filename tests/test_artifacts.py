@@ -18,7 +18,7 @@ from fer_optuna.search import artifacts
 from fer_optuna.training import checkpoints
 from fer_optuna.errors import FerOptError
 from test_dashboard import _browser, _chromium, _free_port, assert_painted
-from test_workers import wait_for
+from test_workers import check_resumed_where_it_stopped, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_two_hosts_sharing_only_the_database_and_s3_resume_and_export(postgres, 
     assert b.wait(timeout=600) == 0, (tmp_path / "host-b" / "log").read_text()
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
     retry = next(t for t in trials if t.user_attrs.get("resumed_from_trial") == killed.number)
-    assert retry.user_attrs["resumed_at_epoch"] >= 1 and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and check_resumed_where_it_stopped(trials) == [retry]
     assert not (tmp_path / "host-b" / "studies" / "checkpoints" / "tiny" / f"trial-{killed.number}.state.pt").exists()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     # Each finished trial left its checkpoint, confusion matrix and learning curve; no working file is left over.

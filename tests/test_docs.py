@@ -11,7 +11,6 @@ import pytest
 
 from conftest import ROOT
 from fer_optuna.cli import main
-from fer_optuna.training.data import CLASSES
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # `fer-opt` then its words, up to the end of the command: a backtick, a comment, a pipe, `&&` or `;`.
@@ -80,7 +79,8 @@ def test_the_readme_python_example_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     photo, *frames = out.stdout.splitlines()
     box, emotion, probability = re.fullmatch(r"(\(.*\)) (\w+) ([\d.]+)", photo).groups()
-    assert len(ast.literal_eval(box)) == 4 and emotion in CLASSES and 0 < float(probability) <= 1
+    # The photo is the smiling portrait (tests/photos/obama3.jpg): the bundled model says so, at 0.61.
+    assert len(ast.literal_eval(box)) == 4 and emotion == "Happy" and 0.5 < float(probability) < 0.8
     assert len(frames) == 6  # 30 frames, every 5th
     for line in frames:
         seconds, faces = line.split(" ", 1)

@@ -38,6 +38,19 @@ def budget_drops(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     return dropped
 
 
+def check_resumed_where_it_stopped(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Each attempt that resumed went on from the last epoch the attempt it took over saved: the last that one
+    reported, or the one after (saved as it died, before the report), and reported only the epochs after it."""
+    resumed = [t for t in trials if "resumed_at_epoch" in t.user_attrs]
+    for t in resumed:
+        at = t.user_attrs["resumed_at_epoch"]
+        last = max(trials[t.user_attrs["resumed_from_trial"]].intermediate_values, default=0)
+        assert last <= at <= last + 1 and at >= 1, f"trial {t.number} resumed at epoch {at}; the attempt reported {last}"
+        first = min(t.intermediate_values, default=at + 1)  # none: killed in turn before its first report
+        assert first == at + 1, f"trial {t.number} ran epoch {first} again"
+    return resumed
+
+
 def load(url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
@@ -141,6 +154,7 @@ def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    check_resumed_where_it_stopped(trials)
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -166,6 +180,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == running.number)
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.user_attrs["resumed_at_epoch"] >= 2
+    assert check_resumed_where_it_stopped(trials) == [retry]
 
 
 def test_sigterm_requeues_the_running_trial_and_exits_143(tmp_path, sample_csv):
