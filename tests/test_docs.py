@@ -64,6 +64,22 @@ def test_links_between_the_pages_resolve(page):
             assert anchor in slugs, f"{page.name} links to {target}#{anchor}: no such heading"
 
 
+def long_cells(text: str, limit: int = 220) -> list[str]:
+    """The cells of the page's markdown tables longer than `limit` characters."""
+    rows = [line.strip() for line in text.splitlines() if line.lstrip().startswith("|")]
+    return [cell.strip() for row in rows for cell in re.split(r"(?<!\\)\|", row.strip("|")) if len(cell.strip()) > limit]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_table_cell_runs_past_220_characters(page):
+    assert not long_cells(page.read_text()), f"{page.name}: split these cells: {long_cells(page.read_text())}"
+
+
+def test_the_cell_check_catches_a_long_cell():
+    assert long_cells("| a | b |\n| --- | --- |\n| x | " + "y" * 221 + " |\n") == ["y" * 221]
+    assert long_cells("| x | " + "y" * 220 + " | `a \\| b` |\n") == []
+
+
 def test_no_page_points_at_the_developers_shared_folder():
     for page in PAGES:
         assert "../shared" not in page.read_text(), page.name
