@@ -127,7 +127,7 @@ def test_a_two_objective_study_shows_its_front_and_export_picks_from_it(tmp_path
         "hidden_dim": {"type": "categorical", "choices": [SMALL, LARGE]},
         "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         objectives=[{"val_accuracy": "maximize"}, {"latency_ms": "minimize"}], pruner={"type": "none"},
-        sampler={"type": "nsga2", "seed": 0, "population_size": 4},
+        sampler={"type": "nsga2", "seed": 0, "population_size": 4}, train={"epochs": 1},  # the front needs no more
         enqueue=[{"hidden_dim": SMALL, "lr": 1e-3}, {"hidden_dim": LARGE, "lr": 1e-3}])
     url = f"sqlite:///{tmp_path}/m.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)

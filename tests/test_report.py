@@ -20,8 +20,10 @@ from test_dashboard import _browser, _chromium, assert_painted
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def finished_study(tmp_path, sample_csv):
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, sample_csv):
+    """A study of four trials, run once for the module's tests (which only read it)."""
+    tmp_path = tmp_path_factory.mktemp("study")
     spec_file = tiny_study(tmp_path / "four.yaml", n_trials=4, pruner={"type": "none"}, train={"epochs": 2})
     url = f"sqlite:///{tmp_path}/s.db"
     fer_study.create(spec_file, url, data=str(sample_csv))

@@ -213,7 +213,8 @@ def _child_cmdlines(pid: int) -> list[str]:
 
 def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/study.db"
-    fer_opt("create-study", "--config", TINY, "--storage", url, "--data", sample_csv)
+    spec = tiny_study(tmp_path / "four.yaml", n_trials=4, train={"epochs": 1})  # enough for both workers to start
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     parent = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu",
                                "--per-gpu", "2", "--checkpoint-dir", tmp_path / "ckpt"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -224,7 +225,7 @@ def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     assert parent.returncode == 0, out
     workers = set(re.findall(r"\[worker (\S+) cpu\]", out))
     assert len(workers) == 2
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 8
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 4
 
 
 def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
@@ -318,12 +319,14 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
-    # A proxy of 200 images; the final fit takes them all, for 4 epochs.
-    spec = tiny_study(tmp_path / "tiny.yaml", train={"train_subset": 200}, final={"train_subset": 0, "epochs": 4})
+    # 5 trials (the enqueued one, 3 random, one drawn by TPE) on a proxy of 200 images; the final fit takes them all,
+    # for 4 epochs.
+    spec = tiny_study(tmp_path / "tiny.yaml", n_trials=5, train={"train_subset": 200},
+                      final={"train_subset": 0, "epochs": 4})
     args = ("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
             "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt")
     out = fer_opt(*args).stdout
-    assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
+    assert "study tiny created" in out and "5/5 of the budget" in out and "final model: val (PublicTest) accuracy" in out
     assert "what the search bought" in out and "original config  trial   0" in out
     assert re.search(r"trial \d+ epoch 3/3: val accuracy", out), "progress of every epoch"
     final = load_config(tmp_path / "runs" / "best.yaml")
