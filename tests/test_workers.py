@@ -134,7 +134,7 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
 
 def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 12}, n_trials=2)
+    tiny_study(spec, train={"epochs": 4}, n_trials=2)  # killed after its first epoch
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     victim = start_worker(url, tmp_path / "victim.log")
@@ -162,7 +162,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
     """What a worker finds after losing the database for longer than the grace period:
     another worker has failed its trial as stale and re-queued it."""
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 12}, n_trials=2)
+    tiny_study(spec, train={"epochs": 5}, n_trials=2)  # failed after its second epoch
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     proc = start_worker(url, tmp_path / "w.log", "--checkpoint-dir", str(tmp_path / "ckpt"))
@@ -239,7 +239,7 @@ def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
 
 def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
     spec = tmp_path / "two.yaml"
-    tiny_study(spec, n_trials=2)
+    tiny_study(spec, n_trials=2, train={"epochs": 1})
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
