@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import optuna
@@ -131,14 +130,15 @@ def test_an_s3_outage_mid_study_loses_nothing(s3, tmp_path, sample_csv):
     study = optuna.load_study(study_name="tiny", storage=url)
     wait_for(lambda: len(study.get_trials(states=(TrialState.COMPLETE,))) >= 1, 300, "a finished trial")
     s3.stop()
-    time.sleep(10)  # the next trial's first epoch sends its state within a few seconds: it meets the outage
+    log = tmp_path / "worker" / "log"  # the outage lasts until the worker has met it (the next trial's first epoch)
+    wait_for(lambda: "unavailable" in log.read_text(), 300, "the worker to find the store gone")
     s3.start()
-    assert worker.wait(timeout=600) == 0, (tmp_path / "worker" / "log").read_text()
-    log = (tmp_path / "worker" / "log").read_text()
+    assert worker.wait(timeout=600) == 0, log.read_text()
+    text = log.read_text()
     trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, log
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, text
     assert all(t.user_attrs.get("checkpoint_artifact") for t in trials), "every trial's files reached the store"
-    assert "artifact store" in log and "unavailable" in log and "Traceback" not in log
+    assert "artifact store" in text and "unavailable" in text and "Traceback" not in text
 
 
 def test_bad_stores_are_one_line_without_secrets(s3, tmp_path, monkeypatch):
