@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +20,32 @@ TINY = ROOT / "tests" / "studies" / "tiny.yaml"
 FULL_NPZ = SHARED / "fer2013.npz.xz"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    """Each test session gets its own parse cache; no test reads the user's: the CLI's comes from
-    FER_OPT_CACHE, the library's default (~/.cache/fer-optuna) lies in a home of the session's,
-    which the processes a test starts inherit."""
+def _isolate(tmp_path_factory, patch: pytest.MonkeyPatch) -> None:
+    """No test reads the user's parse cache: the CLI's comes from FER_OPT_CACHE, the library's default
+    (~/.cache/fer-optuna) lies in a home of the session's, which the processes a test starts inherit."""
     base = tmp_path_factory.getbasetemp()
-    monkeypatch.setenv("FER_OPT_CACHE", str(base / "cache"))
-    monkeypatch.setenv("HOME", str(base / "home"))
+    patch.setenv("FER_OPT_CACHE", str(base / "cache"))
+    patch.setenv("HOME", str(base / "home"))
     # The suite's bf16 run (FER_OPT_CPU_BF16=1, docs/development.md) reaches the library's in-process training too.
     forced = Settings.from_env().cpu_bf16
     if forced is not None:
-        monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: forced)
-    monkeypatch.delenv("FER_OPT_STORAGE", raising=False)
-    monkeypatch.delenv("FER_OPT_DATA", raising=False)
+        patch.setattr(trainer, "cpu_has_native_bf16", lambda: forced)
+    patch.delenv("FER_OPT_STORAGE", raising=False)
+    patch.delenv("FER_OPT_DATA", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """Each test session gets its own parse cache; no test reads the user's (module-scoped fixtures included)."""
+    with pytest.MonkeyPatch.context() as patch:
+        _isolate(tmp_path_factory, patch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """The same again for each test, whatever the test before it set."""
+    _isolate(tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +96,40 @@ def three_split_csv(tmp_path) -> Path:
     return write_csv(tmp_path / "fer2013.csv", synthetic_rows({"Training": 21, "PublicTest": 14, "PrivateTest": 7}))
 
 
-def fer_opt(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI in a child process."""
-    proc = subprocess.run([sys.executable, "-m", "fer_optuna.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+# Commands that own signals, thread counts or child processes always run in a process of their own.
+OWN_PROCESS = {"worker", "run", "dashboard"}
+
+
+def fer_opt(*args: str, env: dict | None = None, check: bool = True, timeout: float = 600,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """Run the real CLI: in a child process for `worker`, `run`, `dashboard` (or with process=True); the other
+    commands, which only read and write files and the storage, in this process through click's runner, with the
+    same output and exit status, and without a fresh Python importing torch (some 3 s a call, ~100 calls)."""
+    args = [str(a) for a in args]
+    if process or args[0] in OWN_PROCESS:
+        proc = subprocess.run([sys.executable, "-m", "fer_optuna.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    else:
+        proc = _in_this_process(args, env)
     if check and proc.returncode != 0:
         raise AssertionError(f"fer-opt {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _in_this_process(args: list[str], env: dict | None) -> subprocess.CompletedProcess:
+    from click.testing import CliRunner
+    from fer_optuna.cli import main
+
+    here = os.getcwd()
+    os.chdir(ROOT)  # as the child process would run
+    try:
+        result = CliRunner().invoke(main, args, env=env, prog_name="fer-opt")
+    finally:
+        os.chdir(here)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):  # what a process would print
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["fer-opt", *args], result.exit_code, result.stdout, stderr)
 
 
 def fer_opt_interrupted(*args: str, after: str, timeout: float = 600) -> subprocess.CompletedProcess:

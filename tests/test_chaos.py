@@ -1,4 +1,4 @@
-"""Chaos: 4 workers on a study of 16 tiny trials while workers are SIGKILLed and restarted
+"""Chaos: 4 workers on a study of 12 tiny trials while workers are SIGKILLed and restarted
 (and, on PostgreSQL, the server restarted). At the end: exactly the budget of finished
 trials, none left running, every killed trial failed and retried, at least one retry
 resumed from its checkpoint, and no finished trial lost."""
@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 
 from conftest import TINY, fer_opt, tiny_study
 from fer_optuna.search import storage as fer_storage
-from test_workers import budget_drops, start_worker
+from test_workers import budget_drops, check_resumed_where_it_stopped, start_worker
 
 pytestmark = pytest.mark.slow
-BUDGET, WORKERS, KILLS = 16, 4, 4
+BUDGET, WORKERS, KILLS = 12, 4, 4  # the 4 kills land in the first trials: 12 leave room for them
 
 
 def test_chaos(storage_url, tmp_path, sample_csv, request):
@@ -67,7 +67,7 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
     finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     killed = {n for n in kills if n is not None}
-    resumed = [t for t in trials if "resumed_at_epoch" in t.user_attrs]
+    resumed = check_resumed_where_it_stopped(trials)
     print(f"\nchaos on {request.node.callspec.id}: {finished} finished ({states.count(TrialState.COMPLETE)} complete, "
           f"{states.count(TrialState.PRUNED)} pruned), {states.count(TrialState.FAIL)} failed, {len(kills)} kills "
           f"({len(killed)} mid-trial), "
@@ -83,6 +83,5 @@ def test_chaos(storage_url, tmp_path, sample_csv, request):
         assert trials[number].state == TrialState.FAIL, f"killed trial {number} is {trials[number].state}"
         assert number in retried, f"killed trial {number} was not retried"
     assert resumed, "no retried trial resumed from its checkpoint"
-    assert all(t.user_attrs["resumed_at_epoch"] >= 1 for t in resumed)
     for number, value in seen_finished.items():
         assert trials[number].state == TrialState.COMPLETE and trials[number].value == value

@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
+from PIL import Image
 
 from conftest import ROOT, TINY, fer_opt
 
@@ -35,6 +37,27 @@ def _browser(chromium: str, tmp_path, *args: str) -> subprocess.CompletedProcess
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000", "--window-size=1400,1000"]
     return subprocess.run([chromium, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_painted(shot) -> None:
+    """A browser's screenshot shows a drawn page, not a blank or still-loading one (an app bar and icons
+    at most): ink, away from the background, on a good part of the page below the bar, in many colours."""
+    page = np.asarray(Image.open(shot).convert("RGB")).astype(int)[100:]
+    background = np.median(page.reshape(-1, 3), axis=0)
+    ink = (np.abs(page - background).sum(-1) > 60).mean()
+    colours = len(np.unique(page.reshape(-1, 3), axis=0))
+    assert ink > 0.01 and colours > 64, f"{shot}: ink on {ink:.2%} of the page, {colours} colours"
+
+
+def test_the_painted_check_tells_a_drawn_page_from_a_loading_one(tmp_path):
+    drawn = ROOT / "docs" / "dashboard-pareto.png"  # the pareto page as tests/test_deploy.py screenshots it
+    assert_painted(drawn)
+    loading = np.asarray(Image.open(drawn).convert("RGB")).copy()
+    loading[70:, 70:] = 255  # the app bar and the side icons only
+    for image in (loading, np.full_like(loading, 255)):
+        Image.fromarray(image).save(tmp_path / "shot.png")
+        with pytest.raises(AssertionError, match="ink on"):
+            assert_painted(tmp_path / "shot.png")
 
 
 def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
@@ -65,7 +88,7 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
         assert "0.41" in dom, "the selected first trial shows its value"
         shot = tmp_path / "dashboard.png"
         _browser(chromium, tmp_path, f"--screenshot={shot}", page)
-        assert shot.stat().st_size > 10_000
+        assert_painted(shot)
         if os.environ.get("FER_OPT_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["FER_OPT_KEEP_SCREENSHOT"])
     finally:

@@ -1,5 +1,6 @@
 """Property-based fuzzing: every input either loads or ends in FerOptError with a message; nothing else escapes."""
 
+import collections
 import os
 
 import numpy as np
@@ -44,7 +45,55 @@ def test_csv_reader(tmp_path, header, rows, junk, use_junk):
     text = "\n".join([header] + [",".join(r) for r in rows]).encode()
     path = tmp_path / "fuzz.csv"
     path.write_bytes(junk + text if use_junk else text)
-    _loads_or_explains(path)
+    loaded = _loads_or_explains(path)
+    if loaded is not None:  # every row written is in it, with its label and pixels, in its split
+        assert _rows_by_split(loaded) == _written_rows(path.read_bytes())
+
+
+valid_row = st.tuples(st.integers(0, 6), st.integers(0, 2**32 - 1), st.sampled_from(list(data.USAGE_TO_SPLIT)),
+                      st.sampled_from(["{}", '"{}"', " {} "]), st.sampled_from(["", "\n", "\n  \n"]))
+
+
+@FUZZ
+@given(rows=st.lists(valid_row, min_size=1, max_size=8), usage=st.booleans(), crlf=st.booleans())
+def test_csv_reader_keeps_every_row_it_is_given(tmp_path, rows, usage, crlf):
+    """Valid files, written in the ways real ones are (quoted cells, padding, blank lines, Windows line ends):
+    every row comes back, in its split, with its label and pixels; none dropped, none added."""
+    lines = ["emotion,pixels,Usage" if usage else "emotion,pixels"]
+    for label, seed, split, cell, after in rows:
+        pixels = " ".join(map(str, np.random.default_rng(seed).integers(0, 256, 2304)))
+        lines.append(",".join([cell.format(label), cell.format(pixels), *([cell.format(split)] if usage else [])]) + after)
+    path = tmp_path / "rows.csv"
+    path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode())
+    loaded = _loads_or_explains(path)
+    assert loaded is not None, "a valid file was refused"
+    assert _rows_by_split(loaded) == _written_rows(path.read_bytes())
+    assert sum(map(len, loaded.labels.values())) == len(rows)
+
+
+def _written_rows(raw: bytes) -> dict[str, collections.Counter]:
+    """What a file the reader accepted holds, read line by line the plain way: the rows of each split,
+    as (label, pixels) with their multiplicity."""
+    header, *lines = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace").split("\n")
+    names = [h.strip().strip('"').lower() for h in header.split(",")]
+    rows: dict[str, collections.Counter] = {}
+    for line in lines:
+        if not line.strip(" \t\r"):
+            continue
+        cells = {name: cell.strip().strip('"') for name, cell in zip(names, line.split(","))}
+        pixels = np.array([int(v) for v in cells["pixels"].split()], np.uint8)
+        split = data.USAGE_TO_SPLIT[cells.get("usage", "Training")]
+        rows.setdefault(split, collections.Counter())[int(cells["emotion"]), pixels.tobytes()] += 1
+    return rows
+
+
+def _rows_by_split(loaded) -> dict[str, collections.Counter]:
+    """The loaded rows as `_written_rows` gives them; a val split carved from train goes back into train."""
+    splits = {name: collections.Counter(zip(loaded.labels[name].tolist(), (i.tobytes() for i in loaded.images[name])))
+              for name in loaded.images}
+    if loaded.notes:
+        splits["train"] += splits.pop("val")
+    return splits
 
 
 @FUZZ

@@ -148,8 +148,11 @@ def test_inspect_reports_the_known_quirks_of_fer2013():
 def test_evaluate_needs_only_the_rows_it_uses(tmp_path):
     model = _model_file(tmp_path, True)
     test_only = write_csv(tmp_path / "private.csv", synthetic_rows({"PrivateTest": 14}))
-    report = json.loads(fer_opt("evaluate", "--model", model, "--data", test_only, "--split", "test", "--json").stdout)
-    assert report["split"] == "test" and 0 <= report["accuracy"] <= 1
+    report = json.loads(fer_opt("evaluate", "--model", model, "--data", test_only, "--split", "test", "--json",
+                                "--precision", "fp32").stdout)
+    images, labels = data.load(test_only).split("test")
+    right = (Classifier(model, "cpu", "fp32").probs(images).argmax(1) == labels).sum()
+    assert report["split"] == "test" and report["n"] == 14 and report["accuracy"] == pytest.approx(right / 14, abs=1e-9)
     _one_line_error(fer_opt("evaluate", "--model", model, "--data", test_only, "--split", "val", check=False),
                     "no 'val' split", "it has: test")
     _one_line_error(fer_opt("train", "--data", test_only, "--epochs", "1", "--out", tmp_path / "m.pt", check=False),
@@ -161,21 +164,25 @@ def test_evaluate_needs_only_the_rows_it_uses(tmp_path):
 
 @pytest.fixture(scope="module")
 def group_photo(tmp_path_factory, fer):
-    faces = fer.split("val")[0][[3, 8, 15, 16, 23, 42, 108, 133]]
-    photo, corners = face_canvas(faces)
+    """A group photo of eight val faces: its path, each face's corner, and each face's FER2013 label."""
+    images, labels = (a[[3, 8, 15, 16, 23, 42, 108, 133]] for a in fer.split("val"))
+    photo, corners = face_canvas(images)
     path = tmp_path_factory.mktemp("photos") / "group.jpg"
     Image.fromarray(photo).save(path, quality=92)
-    return path, corners
+    return path, corners, labels
+
+
+def _face_in(box, corners) -> int:
+    """Which face of the group photo the box is on (it has one only)."""
+    x, y, w, h = box
+    [face] = [k for k, (x0, y0) in enumerate(corners) if x0 <= x + w / 2 < x0 + 160 and y0 <= y + h / 2 < y0 + 160]
+    return face
 
 
 def test_every_box_is_one_face(group_photo):
-    path, corners = group_photo
+    path, corners, _ = group_photo
     boxes = [d.box for d in detector()(np.asarray(Image.open(path).convert("RGB")))]
-    hit = []
-    for x, y, w, h in boxes:
-        cx, cy = x + w / 2, y + h / 2
-        [face] = [k for k, (x0, y0) in enumerate(corners) if x0 <= cx < x0 + 160 and y0 <= cy < y0 + 160]
-        hit.append(face)
+    hit = [_face_in(box, corners) for box in boxes]
     assert len(set(hit)) == len(hit), "a face got two boxes"
     assert len(hit) >= 6, f"found {len(hit)} of {len(corners)} faces"
     # A 40-megapixel version of the same photo: the same faces, boxes in its own pixels.
@@ -190,13 +197,18 @@ def test_every_box_is_one_face(group_photo):
 
 
 def test_predict_boxes_labels_and_annotates(tmp_path, group_photo):
-    path, _ = group_photo
+    path, corners, labels = group_photo
     out = fer_opt("predict", "--model", SHIPPED, path, "--json", "--annotate", tmp_path / "ann").stdout
     [result] = [json.loads(line) for line in out.splitlines()]
     assert len(result["faces"]) >= 6
+    right = 0
     for face in result["faces"]:
-        assert len(face["box"]) == 4 and face["emotion"] in data.CLASSES
-        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+        probabilities = face["probabilities"]
+        assert face["emotion"] == max(probabilities, key=probabilities.get) and abs(sum(probabilities.values()) - 1) < 1e-3
+        right += face["emotion"] == data.CLASSES[labels[_face_in(face["box"], corners)]]
+    # The shipped model gives 66% of the val faces their label (4 of the 7 found here); a model that never
+    # learnt them, or faces, boxes or classes mixed up on the way, would get about one in seven.
+    assert right >= len(result["faces"]) // 2, f"{right} of {len(result['faces'])} faces have their FER2013 label"
     annotated = np.asarray(Image.open(tmp_path / "ann" / "group.png").convert("RGB")).astype(int)
     original = np.asarray(Image.open(path).convert("RGB")).astype(int)
     x, y, w, h = result["faces"][0]["box"]

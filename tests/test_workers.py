@@ -38,6 +38,19 @@ def budget_drops(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     return dropped
 
 
+def check_resumed_where_it_stopped(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Each attempt that resumed went on from the last epoch the attempt it took over saved: the last that one
+    reported, or the one after (saved as it died, before the report), and reported only the epochs after it."""
+    resumed = [t for t in trials if "resumed_at_epoch" in t.user_attrs]
+    for t in resumed:
+        at = t.user_attrs["resumed_at_epoch"]
+        last = max(trials[t.user_attrs["resumed_from_trial"]].intermediate_values, default=0)
+        assert last <= at <= last + 1 and at >= 1, f"trial {t.number} resumed at epoch {at}; the attempt reported {last}"
+        first = min(t.intermediate_values, default=at + 1)  # none: killed in turn before its first report
+        assert first == at + 1, f"trial {t.number} ran epoch {first} again"
+    return resumed
+
+
 def load(url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
@@ -110,9 +123,10 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
     assert len(list(tmp_path.glob("top-*.yaml"))) == min(3, n_complete)
     assert (n_complete < 3) == ("complete trial(s)" in out)
 
-    model = tmp_path / "final.pt"
-    fer_opt("train", "--config", best, "--data", sample_csv, "--out", model, "--epochs", "1")
-    assert '"accuracy"' in fer_opt("evaluate", "--model", model, "--data", sample_csv, "--json").stdout
+    if url.startswith("sqlite"):  # the exported file is the same whatever the storage: trained from once
+        model = tmp_path / "final.pt"
+        fer_opt("train", "--config", best, "--data", sample_csv, "--out", model, "--epochs", "1")
+        assert '"accuracy"' in fer_opt("evaluate", "--model", model, "--data", sample_csv, "--json").stdout
     # The exported model is the trial's own best checkpoint: it scores exactly what the trial reported,
     # whatever precision the trial trained in (val is scored in fp32).
     report = json.loads(fer_opt("evaluate", "--model", best_model, "--data", sample_csv, "--json", "--precision", "fp32").stdout)
@@ -121,7 +135,7 @@ def test_four_workers_share_one_study_then_export_train_evaluate(storage_url, tm
 
 def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 12}, n_trials=2)
+    tiny_study(spec, train={"epochs": 4}, n_trials=2)  # killed after its first epoch
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     victim = start_worker(url, tmp_path / "victim.log")
@@ -141,6 +155,7 @@ def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    check_resumed_where_it_stopped(trials)
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -148,7 +163,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
     """What a worker finds after losing the database for longer than the grace period:
     another worker has failed its trial as stale and re-queued it."""
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 12}, n_trials=2)
+    tiny_study(spec, train={"epochs": 5}, n_trials=2)  # failed after its second epoch
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     proc = start_worker(url, tmp_path / "w.log", "--checkpoint-dir", str(tmp_path / "ckpt"))
@@ -166,6 +181,7 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == running.number)
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.user_attrs["resumed_at_epoch"] >= 2
+    assert check_resumed_where_it_stopped(trials) == [retry]
 
 
 def test_sigterm_requeues_the_running_trial_and_exits_143(tmp_path, sample_csv):
@@ -198,7 +214,8 @@ def _child_cmdlines(pid: int) -> list[str]:
 
 def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/study.db"
-    fer_opt("create-study", "--config", TINY, "--storage", url, "--data", sample_csv)
+    spec = tiny_study(tmp_path / "four.yaml", n_trials=4, train={"epochs": 1})  # enough for both workers to start
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     parent = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu",
                                "--per-gpu", "2", "--checkpoint-dir", tmp_path / "ckpt"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
@@ -209,7 +226,7 @@ def test_per_gpu_spawns_several_workers_from_one_command(tmp_path, sample_csv):
     assert parent.returncode == 0, out
     workers = set(re.findall(r"\[worker (\S+) cpu\]", out))
     assert len(workers) == 2
-    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 8
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in load(url).get_trials()) == 4
 
 
 def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
@@ -223,7 +240,7 @@ def test_per_gpu_auto_is_four_per_gpu_but_never_more_than_the_cores():
 
 def test_wandb_logs_each_trial_offline(tmp_path, sample_csv):
     spec = tmp_path / "two.yaml"
-    tiny_study(spec, n_trials=2)
+    tiny_study(spec, n_trials=2, train={"epochs": 1})
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
@@ -303,12 +320,14 @@ def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypa
 
 def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     url = f"sqlite:///{tmp_path}/main.db"
-    # A proxy of 200 images; the final fit takes them all, for 4 epochs.
-    spec = tiny_study(tmp_path / "tiny.yaml", train={"train_subset": 200}, final={"train_subset": 0, "epochs": 4})
+    # 5 trials (the enqueued one, 3 random, one drawn by TPE) on a proxy of 200 images; the final fit takes them all,
+    # for 4 epochs.
+    spec = tiny_study(tmp_path / "tiny.yaml", n_trials=5, train={"train_subset": 200},
+                      final={"train_subset": 0, "epochs": 4})
     args = ("run", "--data", sample_csv, "--storage", url, "--study-file", spec, "--gpu", "cpu", "--port", "0",
             "--out", tmp_path / "runs", "--checkpoint-dir", tmp_path / "ckpt")
     out = fer_opt(*args).stdout
-    assert "study tiny created" in out and "8/8 of the budget" in out and "final model: val (PublicTest) accuracy" in out
+    assert "study tiny created" in out and "5/5 of the budget" in out and "final model: val (PublicTest) accuracy" in out
     assert "what the search bought" in out and "original config  trial   0" in out
     assert re.search(r"trial \d+ epoch 3/3: val accuracy", out), "progress of every epoch"
     final = load_config(tmp_path / "runs" / "best.yaml")
@@ -332,7 +351,10 @@ def test_the_main_job_runs_a_study_exports_and_trains(tmp_path, sample_csv):
     assert all(torch.equal(resumed_weights[k], uninterrupted[k]) for k in uninterrupted), "the same model as without the stop"
 
     # From a fresh storage the same command draws the same trials: a user can reproduce the main job.
+    # (Stopped as the final fit starts: the trials are all drawn by then.)
     url2 = f"sqlite:///{tmp_path}/main2.db"
-    fer_opt("run", "--data", sample_csv, "--storage", url2, "--study-file", spec, "--gpu", "cpu", "--port", "0",
-            "--out", tmp_path / "runs2", "--checkpoint-dir", tmp_path / "ckpt2")
+    again = fer_opt_interrupted("run", "--data", sample_csv, "--storage", url2, "--study-file", spec, "--gpu", "cpu",
+                                "--port", "0", "--out", tmp_path / "runs2", "--checkpoint-dir", tmp_path / "ckpt2",
+                                after="training the final model")
+    assert again.returncode == 130 and "5/5 of the budget" in again.stdout, again.stdout + again.stderr
     assert [t.params for t in load(url).trials] == [t.params for t in load(url2).trials]
