@@ -123,4 +123,6 @@ def test_workers_scale_order_after_the_study_and_stop_gracefully():
 def test_dockerfile_builds_the_cli_with_postgres_support_and_the_study_files():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "-c constraints.txt" in dockerfile and "[postgres]" in dockerfile
-    assert 'ENTRYPOINT ["fer-opt"]' in dockerfile and "COPY studies/" in dockerfile
+    # The study files are package data (fer_optuna/studies), so the package's copy brings them.
+    assert 'ENTRYPOINT ["fer-opt"]' in dockerfile and "COPY fer_optuna ./fer_optuna" in dockerfile
+    assert list((ROOT / "fer_optuna" / "studies").glob("*.yaml"))
