@@ -76,11 +76,14 @@ def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "va
     what was scored), and its architecture; `plot` gets the confusion matrix as a PNG."""
     dev = trainer.resolve_device(device)
     model_path = Path(model_path or checkpoints.BUNDLED_MODEL)
-    model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
-    images, labels = fer_data.load(data_path, options=options).split(split)
+    ckpt = checkpoints.read_checkpoint(model_path)
+    model, cfg = checkpoints.model_from_checkpoint(ckpt, dev)
+    loaded = fer_data.load(data_path, options=options)
+    classes = checkpoints.require_classes(ckpt, loaded.classes, str(model_path), str(data_path))
+    images, labels = loaded.split(split)
     split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
     _, _, probs = inference.evaluate(model, split_data, inference.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
-    rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
+    rep = metrics.report(labels, probs.argmax(1).cpu().numpy(), classes)
     rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
     if plot:
         metrics.plot_confusion(rep, plot, f"{model_path.name} on {split}: accuracy {rep['accuracy']:.3f}")

@@ -33,10 +33,25 @@ def atomic_save(obj: Any, path: Path) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...] = CLASSES,
+                    **meta: Any) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_save({"format": CHECKPOINT_FORMAT, "kind": "model", "config": cfg.to_dict(),
-                 "classes": list(CLASSES), "state_dict": state, "meta": meta}, Path(path))
+                 "classes": list(classes), "state_dict": state, "meta": meta}, Path(path))
+
+
+def checkpoint_classes(ckpt: dict) -> tuple[str, ...]:
+    """The model's class names, in its outputs' order; a file written before they were stored is FER2013's seven."""
+    return tuple(str(c) for c in ckpt.get("classes") or CLASSES)
+
+
+def require_classes(ckpt: dict, classes: tuple[str, ...], model: str, data: str) -> tuple[str, ...]:
+    """The model's classes, which must be the data's (same names, same order): its scores are compared with the labels."""
+    have = checkpoint_classes(ckpt)
+    if have != tuple(classes):
+        raise FerOptError(f"{model}: the model's classes ({', '.join(have)}) are not those of {data} "
+                          f"({', '.join(classes)}); evaluate it on data with its classes")
+    return have
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -68,11 +83,12 @@ class SoftVote(nn.Module):
 def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
     """A single model, or a SoftVote for an ensemble file; both evaluate and predict alike."""
     members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
+    n_classes = len(checkpoint_classes(ckpt))
     models, configs = [], []
     for member in members:
         # Checkpoints from before the pixel pipeline was saved fed the model raw pixels.
         cfg = config_from_dict({"equalize": False, **member["config"]}, "checkpoint config")
-        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
         model.load_state_dict(member["state_dict"])
         models.append(model)
         configs.append(cfg)
@@ -93,8 +109,11 @@ def half_precision(ckpt: dict) -> dict:
 
 
 def save_ensemble(path: str | Path, checkpoints: list[dict], **meta: Any) -> None:
+    classes = {checkpoint_classes(c) for c in checkpoints}
+    if len(classes) > 1:
+        raise FerOptError("the ensemble's members have different classes; build it from trials on the same data")
     members = [{"config": c["config"], "state_dict": c["state_dict"], "meta": c.get("meta", {})} for c in checkpoints]
-    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(CLASSES), "members": members,
+    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(classes.pop()), "members": members,
                  "config": members[0]["config"], "meta": meta}, Path(path))
 
 

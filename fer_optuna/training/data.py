@@ -57,6 +57,7 @@ class FerData:
     source: str
     notes: tuple[str, ...] = ()
     cache_file: str = ""  # where the parsed arrays are cached ("" when not cached)
+    classes: tuple[str, ...] = CLASSES  # label k names classes[k]
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.images:
@@ -70,7 +71,7 @@ class FerData:
         return self.images[name], self.labels[name]
 
     def counts(self) -> dict[str, np.ndarray]:
-        return {s: np.bincount(self.labels[s], minlength=len(CLASSES)) for s in SPLITS if s in self.labels}
+        return {s: np.bincount(self.labels[s], minlength=len(self.classes)) for s in SPLITS if s in self.labels}
 
 
 # --------------------------------------------------------------------------- CSV
@@ -375,6 +376,7 @@ def _save_cache(target: Path, data: FerData) -> None:
     arrays = {f"{s}_images": data.images[s] for s in data.images}
     arrays |= {f"{s}_labels": data.labels[s] for s in data.labels}
     arrays["notes"] = np.array(data.notes, dtype=str)
+    arrays["classes"] = np.array(data.classes, dtype=str)
     # Two processes building the same cache both end with a whole one.
     with PartialFile(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -386,9 +388,10 @@ def _load_cache(target: Path, source: str) -> FerData | None:
             images = {s: archive[f"{s}_images"] for s in SPLITS if f"{s}_images" in archive.files}
             labels = {s: archive[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in archive.files}
             notes = tuple(str(n) for n in archive["notes"])
+            classes = tuple(str(c) for c in archive["classes"]) if "classes" in archive.files else CLASSES
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # unreadable cache: rebuilt from the source
-    return FerData(images, labels, source, notes, str(target))
+    return FerData(images, labels, source, notes, str(target), classes)
 
 
 def cache_path(path: str | Path, resize: bool = False, options: DataOptions | None = None) -> Path:

@@ -67,7 +67,7 @@ def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limi
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, tta_crop: int = 48,
                   batch_size: int = 1024) -> torch.Tensor:
-    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
+    """Class probabilities (N, classes) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -97,7 +97,9 @@ def val_accuracy(model_file: Path | dict, data: FerData, device: torch.device, t
     `as_trained`: on the val images its run selected on (its config's val_subset), not the whole split."""
     ckpt = checkpoints.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = checkpoints.model_from_checkpoint(ckpt, device)
+    classes = checkpoints.require_classes(ckpt, data.classes, str(model_file) if isinstance(model_file, Path) else "the model",
+                                          data.source)
     limit = cfg.val_subset if as_trained else 0
     split = to_device(*data.split("val"), device, limit, cfg.seed, cfg.pixels)
     _, acc, probs = evaluate(model, split, bf16, tta, cfg.crop)
-    return acc, metrics.report(split.labels.cpu().numpy(), probs.argmax(1).cpu().numpy())
+    return acc, metrics.report(split.labels.cpu().numpy(), probs.argmax(1).cpu().numpy(), classes)

@@ -25,7 +25,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import Settings
 from . import augment, checkpoints, distill
 from .config import TrainConfig
-from .data import CLASSES, FerData
+from .data import FerData
 from .inference import DeviceSplit, evaluate, to_device
 from .models import build_model, count_parameters
 from .quality import clean
@@ -131,11 +131,11 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
     return None, False
 
 
-def class_weights(cfg: TrainConfig, labels: torch.Tensor) -> torch.Tensor | None:
+def class_weights(cfg: TrainConfig, labels: torch.Tensor, n_classes: int) -> torch.Tensor | None:
     if cfg.class_weights == "none":
         return None
-    counts = torch.bincount(labels, minlength=len(CLASSES)).float().clamp(min=1)
-    weights = counts.sum() / (len(CLASSES) * counts)
+    counts = torch.bincount(labels, minlength=n_classes).float().clamp(min=1)
+    weights = counts.sum() / (n_classes * counts)
     return weights / weights.mean()
 
 
@@ -317,16 +317,17 @@ def data_key(data: FerData) -> str:
     return digest.hexdigest()
 
 
-def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device, cpu_bf16: bool | None) -> tuple[Run, int]:
+def _start(cfg: TrainConfig, train_split: DeviceSplit, n_classes: int, device: torch.device,
+           cpu_bf16: bool | None) -> tuple[Run, int]:
     """A fresh run: (its moving parts, optimizer steps per epoch)."""
-    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
     if cfg.init:
         _load_init(model, cfg)
     model = model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
     sched, per_step = make_scheduler(cfg, opt, steps)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels, n_classes), label_smoothing=cfg.label_smoothing)
     run = Run(model, opt, sched, per_step, EMA(model, cfg.ema) if cfg.ema > 0 else None,
               torch.Generator(device).manual_seed(cfg.seed), np.random.default_rng(cfg.seed), loss_fn,
               use_bf16(cfg.precision, device, cpu_bf16))
@@ -351,12 +352,13 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     teacher = None
     if cfg.teacher:  # before seeding: building the teacher draws from torch's generator
         teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device,
-                                       use_bf16(cfg.precision, device, settings.cpu_bf16), settings.data.cache_dir, log)
+                                       use_bf16(cfg.precision, device, settings.cpu_bf16), settings.data.cache_dir, log,
+                                       data.classes)
     torch.manual_seed(cfg.seed)
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
                             teacher.logits if teacher is not None else None)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
-    run, steps = _start(cfg, train_split, device, settings.cpu_bf16)
+    run, steps = _start(cfg, train_split, len(data.classes), device, settings.cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
     key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
@@ -388,7 +390,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val_acc, epoch
             if checkpoint is not None:
-                checkpoints.save_checkpoint(checkpoint, run.scored, cfg, val_accuracy=val_acc, epoch=epoch,
+                checkpoints.save_checkpoint(checkpoint, run.scored, cfg, data.classes, val_accuracy=val_acc, epoch=epoch,
                                             source=data.source, **({"teacher": teacher.provenance} if teacher else {}))
         if state is not None:
             checkpoints.save_state(Path(state), cfg, key, run.state_dict(result))
