@@ -3,10 +3,13 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from conftest import SHARED, fer_opt, synthetic_rows, write_csv
+from fer_optuna.errors import FerOptError
 from fer_optuna.recognition.recognizer import Recognizer
-from fer_optuna.training import checkpoints, data, metrics
+from fer_optuna.training import checkpoints, data, metrics, trainer
 from fer_optuna.training.config import TrainConfig
 from fer_optuna.training.models import build_model
 
@@ -34,3 +37,108 @@ def test_a_checkpoint_carries_its_classes_and_sizes_its_head(tmp_path):
     assert list(Recognizer(path).faces(np.zeros((48, 48), np.uint8))[0].probabilities) == list(classes)
     rep = metrics.report(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]), classes)
     assert list(rep["per_class"]) == list(classes) and "owl" in metrics.format_report(rep)
+
+
+# Real FER+ rows (fer2013new.csv lines 2-5, 19, 152, 199, 6797 and 28711-28713), one synthetic Training row
+# and synthetic PrivateTest rows (the shared file has none), with what the reference rules make of each.
+VOTES = """Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF
+Training,fer0000000.png,4,0,0,1,3,2,0,0,0,0
+Training,fer0000001.png,6,0,1,1,0,0,0,0,2,0
+Training,fer0000002.png,5,0,0,3,1,0,0,0,1,0
+Training,fer0000003.png,4,0,0,4,1,0,0,0,1,0
+Training,,0,0,0,0,0,0,0,0,0,10
+Training,fer0000149.png,0,1,2,3,2,0,2,0,0,0
+Training,fer0000196.png,3,0,2,1,1,0,0,0,3,0
+Training,fer0006767.png,3,1,0,0,0,0,0,0,6,0
+Training,fer9999999.png,0,0,0,0,0,0,0,8,2,0
+PublicTest,fer0028638.png,4,0,0,0,1,0,0,4,1,0
+PublicTest,fer0028639.png,1,0,0,1,0,2,0,6,0,0
+PublicTest,fer0028640.png,7,0,0,0,2,0,0,1,0,0
+PrivateTest,fer0032000.png,0,10,0,0,0,0,0,0,0,0
+PrivateTest,fer0032001.png,0,0,0,0,0,0,0,0,0,10
+PrivateTest,fer0032002.png,0,0,5,0,5,0,0,0,0,0
+PrivateTest,,0,10,0,0,0,0,0,0,0,0
+"""
+FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+
+
+def _fer_plus(tmp_path: Path, votes: str = VOTES) -> tuple[Path, Path]:
+    pixels = write_csv(tmp_path / "fer2013.csv", synthetic_rows({"Training": 9, "PublicTest": 3, "PrivateTest": 4}))
+    (tmp_path / "fer2013new.csv").write_text(votes)
+    return pixels, tmp_path / "fer2013new.csv"
+
+
+def test_majority_labels_by_the_reference_rules(tmp_path):
+    pixels, votes = _fer_plus(tmp_path)
+    d = data.load(pixels, labels=votes)
+    raw = data.load(pixels)
+    assert d.classes == FERPLUS
+    # By hand: a single vote is dropped (row 2: 5 of the 8 votes left is a majority; 5 of 10 would not be);
+    # ties (row 3; PublicTest row 0; PrivateTest row 2), unknown or not-a-face ahead or tied (rows 6, 7;
+    # PrivateTest row 1) and unnamed rows (row 4, PrivateTest row 3) have no majority label.
+    majority = data.for_target(d, "majority")
+    assert majority.labels["train"].tolist() == [0, 0, 7] and majority.soft is None
+    assert (majority.images["train"] == raw.images["train"][[1, 2, 8]]).all()
+    assert d.labels["val"].tolist() == [7, 0] and (d.images["val"] == raw.images["val"][[1, 2]]).all()
+    assert d.labels["test"].tolist() == [1] and (d.images["test"] == raw.images["test"][[0]]).all()
+
+
+def test_distribution_targets_by_the_reference_rules(tmp_path):
+    pixels, votes = _fer_plus(tmp_path)
+    d = data.for_target(data.load(pixels, labels=votes), "distribution")
+    expected = np.zeros((5, 8))
+    expected[0, [0, 4]] = 4 / 7, 3 / 7  # 4 neutral, 3 anger (the single sadness vote dropped) hold 7/9 >= 3/4
+    expected[1, 0] = 1  # 6 of 8 is already 3/4: the 2 unknown votes never count
+    expected[2, [0, 3]] = 5 / 8, 3 / 8
+    expected[3, [0, 3]] = 1 / 2, 1 / 2  # a tie is taken together
+    expected[4, 7] = 1
+    # Row 5: four emotions once the tie is taken (over 3); row 6: unknown tied with neutral is dropped, leaving
+    # 3 of 8 votes (half or less); row 7: unknown leads. Val and test keep majority labels.
+    assert np.allclose(d.soft, expected) and d.labels["train"].tolist() == [0, 0, 0, 0, 7]
+    assert d.labels["val"].tolist() == [7, 0]
+    with pytest.raises(FerOptError, match="distribution target needs vote counts"):
+        data.for_target(data.load(pixels), "distribution")
+
+
+def test_the_shared_votes_give_the_reference_counts():
+    d = data.load(SHARED / "fer2013.npz.xz", labels=SHARED / "fer2013new.csv")
+    assert len(data.for_target(d, "majority").labels["train"]) == 25060 and len(d.labels["val"]) == 3199
+
+
+@pytest.mark.parametrize("target", ["majority", "distribution"])
+def test_soft_targets_train_with_smoothing_mixup_cutmix_and_class_weights(tmp_path, target):
+    pixels, votes = _fer_plus(tmp_path)
+    cfg = TrainConfig(model="mlp", hidden_dim=8, epochs=1, batch_size=2, target=target, label_smoothing=0.1,
+                      mixup=0.4, cutmix=1.0, class_weights="balanced", seed=1)
+    out = tmp_path / "m.pt"
+    result = trainer.train(cfg, data.load(pixels, labels=votes), device=torch.device("cpu"), checkpoint=out, log=None)
+    assert np.isfinite(result.history[0].train_loss)
+    assert checkpoints.checkpoint_classes(checkpoints.read_checkpoint(out)) == FERPLUS
+
+
+BAD_VOTES = {
+    "one row short": (VOTES.rsplit("\n", 2)[0] + "\n", "line 16: the last of 3 PrivateTest rows of the votes, but "),
+    "usage off": (VOTES.replace("Training,fer9999999", "PublicTest,fer9999999"), "line 9: the last of 8 Training rows of the votes, but "),
+    "malformed": (VOTES.replace("fer0000002.png,5,0,0,3,1,0,0,0,1,0", "fer0000002.png,5,0,0,3,1,0,0,0,1"),
+                  "line 4: 11 fields, expected 12"),
+    "not counts": (VOTES.replace("fer0000003.png,4,", "fer0000003.png,2.5,"), "line 5: vote '2.5'"),
+    "negative": (VOTES.replace("fer0000003.png,4,", "fer0000003.png,-1,"), "line 5: vote '-1'"),
+    "header": (VOTES.replace("Usage,Image name", "Usage,Image"), "line 1: header is"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VOTES))
+def test_bad_votes_are_one_line_naming_the_file_and_line(tmp_path, case):
+    text, message = BAD_VOTES[case]
+    pixels, votes = _fer_plus(tmp_path, text)
+    with pytest.raises(FerOptError) as e:
+        data.load(pixels, labels=votes)
+    assert str(e.value).startswith(f"{votes}, ") and message in str(e.value), str(e.value)
+
+
+def test_bad_votes_on_the_cli_exit_2_and_write_nothing(tmp_path):
+    pixels, votes = _fer_plus(tmp_path, BAD_VOTES["not counts"][0])
+    proc = fer_opt("train", "--data", pixels, "--labels", votes, "--out", tmp_path / "m.pt", "--set", "model=mlp",
+                   "--epochs", "1", check=False)
+    assert proc.returncode == 2 and "line 5: vote '2.5'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.state.pt").exists()

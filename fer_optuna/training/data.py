@@ -19,7 +19,7 @@ import io
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import DataOptions
+from . import votes as fer_votes
 from .files import PartialFile
 from .streams import open_payload
 
@@ -58,6 +59,10 @@ class FerData:
     notes: tuple[str, ...] = ()
     cache_file: str = ""  # where the parsed arrays are cached ("" when not cached)
     classes: tuple[str, ...] = CLASSES  # label k names classes[k]
+    # With FER+ votes, the train split's targets before a training target picks its rows (for_target):
+    # "majority" (bool: the face has a majority label) and "distribution" (float32 (N, classes)).
+    votes: dict[str, np.ndarray] = field(default_factory=dict)
+    soft: np.ndarray | None = None  # float32 (N_train, classes): the train split's soft targets, if any
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.images:
@@ -413,9 +418,17 @@ def _check_exists(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, resize: bool = False, use_cache: bool = True, options: DataOptions | None = None) -> FerData:
-    """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before."""
+def load(path: str | Path, resize: bool = False, use_cache: bool = True, options: DataOptions | None = None,
+         labels: str | Path | None = None) -> FerData:
+    """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before;
+    `labels`: FER+ votes for the same rows (votes.py), which replace the source's labels."""
     options = options or DataOptions()
+    votes = fer_votes.read(labels, options.max_input_bytes) if labels else None
+    data = _load_pixels(path, resize, use_cache, options)
+    return with_votes(data, votes) if votes else data
+
+
+def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataOptions) -> FerData:
     path = _check_exists(path)
     files = _folder_files(path) if path.is_dir() else None
     if path.is_file() and path.stat().st_size == 0:
@@ -440,3 +453,49 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
         except OSError:
             pass  # a read-only or full cache folder only costs speed
     return data
+
+
+# --------------------------------------------------------------------------- FER+ votes
+
+
+def with_votes(data: FerData, votes: fer_votes.Votes) -> FerData:
+    """The pixels labelled by FER+ votes, row i by row i: val and test keep the faces with a majority label;
+    train keeps every face with a target (see for_target)."""
+    splits = {}
+    for usage, split in USAGE_TO_SPLIT.items():
+        rows = np.flatnonzero(votes.usage == usage)
+        have = len(data.labels.get(split, ()))
+        if len(rows) != have:
+            more = len(rows) > have
+            line = votes.lines[rows[have]] if more else (votes.lines[rows[-1]] if len(rows) else votes.lines[-1])
+            where = f"{usage} row {have + 1}" if more else f"the last of {len(rows)} {usage} rows"
+            raise FerOptError(f"{votes.source}, line {line}: {where} of the votes, but {data.source} has {have}; row i "
+                              "of the votes labels row i of the pixels: give the votes for the same rows in the same order",
+                              flag="--labels")
+        if have:
+            counts, named = votes.counts[rows], votes.named[rows]
+            majority, dist = fer_votes.majority(counts), fer_votes.distribution(counts)
+            keep = named & ((dist.sum(1) > 0) if split == "train" else (majority >= 0))
+            labels = np.where(majority >= 0, majority, dist.argmax(1))[keep]
+            splits[split] = (data.images[split][keep], labels, majority[keep] >= 0, dist[keep])
+    note = f"labels: the FER+ votes in {votes.source} ({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())} faces)"
+    train = splits.get("train")
+    return dataclasses.replace(
+        data, images={s: v[0] for s, v in splits.items()}, labels={s: v[1] for s, v in splits.items()},
+        notes=data.notes + (note,), classes=votes.classes,
+        votes={"majority": train[2], "distribution": train[3]} if train else {})
+
+
+def for_target(data: FerData, target: str) -> FerData:
+    """The train split for a training target: `majority`, the faces with a majority label; `distribution`, every
+    face the votes give a distribution, as soft targets. Data without votes has majority labels only."""
+    if not data.votes:
+        if target == "distribution":
+            raise FerOptError(f"{data.source}: the distribution target needs vote counts; give FER+'s votes "
+                              "(fer2013new.csv) with --labels, or train with target: majority", flag="--labels")
+        return data
+    keep = data.votes["majority"] if target == "majority" else np.ones(len(data.labels["train"]), bool)
+    return dataclasses.replace(
+        data, images={**data.images, "train": data.images["train"][keep]},
+        labels={**data.labels, "train": data.labels["train"][keep]}, votes={},
+        soft=data.votes["distribution"][keep] if target == "distribution" else None)

@@ -41,6 +41,7 @@ class DeviceSplit:
     labels: torch.Tensor  # int64 (N,)
     degraded: torch.Tensor | None = None  # uint8 (N, 1, 48, 48): augment.degraded_copies of images
     teacher: torch.Tensor | None = None  # float32 (N, classes): a teacher's logits for the images (distill.py)
+    soft: torch.Tensor | None = None  # float32 (N, classes): soft targets (FER+ vote distributions) for the loss
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,14 +55,14 @@ def pixels(images: np.ndarray, device: torch.device, pipeline: PixelPipeline = P
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
               pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False,
-              teacher: np.ndarray | None = None) -> DeviceSplit:
+              teacher: np.ndarray | None = None, soft: np.ndarray | None = None) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
-        teacher = teacher[keep] if teacher is not None else None
+        teacher, soft = (a[keep] if a is not None else None for a in (teacher, soft))
     copies = pixels(augment.degraded_copies(images, seed), device, pipeline) if degraded else None
-    soft = torch.from_numpy(teacher).to(device) if teacher is not None else None
-    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies, soft)
+    teacher, soft = (torch.from_numpy(a).to(device) if a is not None else None for a in (teacher, soft))
+    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies, teacher, soft)
 
 
 @torch.no_grad()

@@ -69,7 +69,8 @@ def clean(data: FerData, drop_blank: bool, drop_cross_split: bool) -> FerData:
         notes.append(f"dropped {int(leaked.sum())} train images that also appear in {', '.join(splits[1:])}")
     return dataclasses.replace(
         data, images={**data.images, "train": data.images["train"][keep]},
-        labels={**data.labels, "train": data.labels["train"][keep]}, notes=data.notes + tuple(notes))
+        labels={**data.labels, "train": data.labels["train"][keep]}, notes=data.notes + tuple(notes),
+        soft=data.soft[keep] if data.soft is not None else None)
 
 
 def inspect(data: FerData) -> dict:

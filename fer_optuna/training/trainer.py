@@ -25,7 +25,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import Settings
 from . import augment, checkpoints, distill
 from .config import TrainConfig
-from .data import FerData
+from .data import FerData, for_target
 from .inference import DeviceSplit, evaluate, to_device
 from .models import build_model, count_parameters
 from .quality import clean
@@ -252,10 +252,12 @@ def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tup
         if train.degraded is not None:
             x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, run.gen)
         y = train.labels[idx]
+        target = train.soft[idx] if train.soft is not None else y  # cross-entropy takes either
         x, perm, lam = _mix(augment.augment(x_u8, cfg, run.gen), len(y), cfg, run)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.bf16):
             out = model(x)
-            loss = run.loss_fn(out, y) if lam == 1.0 else lam * run.loss_fn(out, y) + (1 - lam) * run.loss_fn(out, y[perm])
+            loss = (run.loss_fn(out, target) if lam == 1.0
+                    else lam * run.loss_fn(out, target) + (1 - lam) * run.loss_fn(out, target[perm]))
             if train.teacher is not None:
                 # The teacher answered for the image before augmentation (and its mirror), not for this
                 # view of it: a flip, a 10-degree turn or a small crop keeps the expression, so the clean
@@ -348,7 +350,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     """
     device = device or resolve_device()
     settings = settings or Settings()
-    data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
+    data = clean(for_target(data, cfg.target), cfg.drop_blank, cfg.drop_cross_split)
     teacher = None
     if cfg.teacher:  # before seeding: building the teacher draws from torch's generator
         teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device,
@@ -356,7 +358,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
                                        data.classes)
     torch.manual_seed(cfg.seed)
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
-                            teacher.logits if teacher is not None else None)
+                            teacher.logits if teacher is not None else None, data.soft)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
     run, steps = _start(cfg, train_split, len(data.classes), device, settings.cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
