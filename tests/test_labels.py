@@ -1,10 +1,12 @@
 """Classes are data: FER+ votes, image folders with their own classes, and models sized from them."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import SHARED, fer_opt, synthetic_rows, write_csv
 from fer_optuna.errors import FerOptError
@@ -142,3 +144,41 @@ def test_bad_votes_on_the_cli_exit_2_and_write_nothing(tmp_path):
                    "--epochs", "1", check=False)
     assert proc.returncode == 2 and "line 5: vote '2.5'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.state.pt").exists()
+
+
+def _tree(root: Path, classes: dict[str, tuple[str, ...]], n: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for split, names in classes.items():
+        for c in names:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_three_made_up_classes_trains_evaluates_and_predicts_with_its_names(tmp_path):
+    names = ("zebra", "Apple", "mango")  # sorted without regard to case: Apple, mango, zebra
+    root = _tree(tmp_path / "tree", {"train": names, "val": names, "test": names})
+    assert data.load(root).classes == ("Apple", "mango", "zebra")
+    model = tmp_path / "m.pt"
+    fer_opt("train", "--data", root, "--out", model, "--model", "mlp", "--epochs", "1", "--batch-size", "4",
+            "--set", "hidden_dim=8")
+    rep = json.loads(fer_opt("evaluate", "--model", model, "--data", root, "--split", "test", "--json").stdout)
+    assert list(rep["per_class"]) == ["Apple", "mango", "zebra"] and rep["n"] == 12
+    face = root / "test" / "mango" / "0.png"
+    [row] = [json.loads(line) for line in fer_opt("predict", face, "--model", model, "--no-detect", "--json").stdout.splitlines()]
+    assert set(row["faces"][0]["probabilities"]) == {"Apple", "mango", "zebra"}
+    # The bundled FER2013 model cannot score these classes: one line that says so.
+    proc = fer_opt("evaluate", "--data", root, "--split", "test", check=False)
+    assert proc.returncode == 2 and "the model's classes (Angry" in proc.stderr and "(Apple, mango, zebra)" in proc.stderr
+
+
+def test_a_folder_whose_splits_differ_or_with_one_class_is_one_line(tmp_path):
+    root = _tree(tmp_path / "tree", {"train": ("a", "b", "c"), "test": ("a", "b", "d")}, n=1)
+    proc = fer_opt("train", "--data", root, "--out", tmp_path / "m.pt", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
+    assert "the splits have different classes (only train/ has c; only test/ has d)" in proc.stderr
+    with pytest.raises(FerOptError, match="1 class folder"):
+        data.load(_tree(tmp_path / "one", {"train": ("a",), "test": ("a",)}, n=1))
+    # FER2013's names, in any case and any subset, are FER2013's seven classes in their order.
+    assert data.load(_tree(tmp_path / "fer", {"train": ("happy", "SAD"), "test": ("happy",)}, n=2)).classes == data.CLASSES

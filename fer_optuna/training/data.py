@@ -302,26 +302,45 @@ def read_image(path: Path, resize: bool) -> np.ndarray:
         raise FerOptError(f"{path}: cannot decode image ({e})") from None
 
 
-def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
-    classes = {c.lower(): i for i, c in enumerate(CLASSES)}
-    found: dict[str, list[tuple[Path, int]]] = {}
+def _folder_files(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], tuple[str, ...]]:
+    """Each split's (image, label) pairs and the class names: FER2013's seven when every class folder is one of
+    them (any case), so that FER2013 models score the folder; else the folders' own names, sorted."""
+    folders: dict[str, list[Path]] = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         split = FOLDER_TO_SPLIT.get(split_dir.name.lower())
         if split is None:
             raise FerOptError(
                 f"{split_dir}: unknown split folder; expected train/, test/ and optionally val/"
             )
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            label = classes.get(class_dir.name.lower())
-            if label is None:
-                raise FerOptError(
-                    f"{class_dir}: unknown class folder; expected one of {', '.join(c.lower() for c in CLASSES)}"
-                )
+        folders.setdefault(split, []).extend(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _folder_classes(root, folders)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    found: dict[str, list[tuple[Path, int]]] = {}
+    for split, class_dirs in folders.items():
+        for class_dir in sorted(class_dirs):
             files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            found.setdefault(split, []).extend((p, label) for p in files)
+            found.setdefault(split, []).extend((p, index[class_dir.name.lower()]) for p in files)
     if not any(found.values()):
         raise FerOptError(f"{root}: no images under <split>/<class>/; expected train/<class>/*.jpg and test/<class>/*.jpg")
-    return found
+    return found, classes
+
+
+def _folder_classes(root: Path, folders: dict[str, list[Path]]) -> tuple[str, ...]:
+    names = {split: {d.name.lower(): d.name for d in dirs} for split, dirs in folders.items()}
+    if all(set(n) <= {c.lower() for c in CLASSES} for n in names.values()):
+        return CLASSES
+    splits = sorted(names, key=SPLITS.index)
+    for split in splits[1:]:
+        if set(names[split]) != set(names[splits[0]]):
+            only = [f"only {a}/ has {', '.join(names[a][k] for k in sorted(set(names[a]) - set(names[b])))}"
+                    for a, b in ((splits[0], split), (split, splits[0])) if set(names[a]) - set(names[b])]
+            raise FerOptError(f"{root}: the splits have different classes ({'; '.join(only)}); every split needs "
+                              "the same class folders")
+    classes = tuple(names[splits[0]][k] for k in sorted(names[splits[0]])) if splits else ()
+    if len(classes) < 2:
+        raise FerOptError(f"{root}: {len(classes)} class folder(s) ({', '.join(classes)}); a classifier needs two "
+                          "classes or more, one folder each under every split")
+    return classes
 
 
 def _parse_folder(files: dict[str, list[tuple[Path, int]]], resize: bool):
@@ -401,7 +420,7 @@ def _load_cache(target: Path, source: str) -> FerData | None:
 
 def cache_path(path: str | Path, resize: bool = False, options: DataOptions | None = None) -> Path:
     path = _check_exists(path)
-    return _cache_file(path, _folder_files(path) if path.is_dir() else None, resize, (options or DataOptions()).cache_dir)
+    return _cache_file(path, _folder_files(path)[0] if path.is_dir() else None, resize, (options or DataOptions()).cache_dir)
 
 
 def _cache_file(path: Path, files: dict | None, resize: bool, cache_dir: Path) -> Path:
@@ -430,7 +449,7 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
 
 def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataOptions) -> FerData:
     path = _check_exists(path)
-    files = _folder_files(path) if path.is_dir() else None
+    files, classes = _folder_files(path) if path.is_dir() else (None, CLASSES)
     if path.is_file() and path.stat().st_size == 0:
         raise FerOptError(f"{path}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
     target = _cache_file(path, files, resize, options.cache_dir)
@@ -445,7 +464,8 @@ def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataO
             splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
     # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
     splits, notes = _carve_val(splits)
-    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes)
+    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes,
+                   classes=classes)
     if use_cache:
         try:
             _save_cache(target, data)
