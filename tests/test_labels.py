@@ -182,3 +182,28 @@ def test_a_folder_whose_splits_differ_or_with_one_class_is_one_line(tmp_path):
         data.load(_tree(tmp_path / "one", {"train": ("a",), "test": ("a",)}, n=1))
     # FER2013's names, in any case and any subset, are FER2013's seven classes in their order.
     assert data.load(_tree(tmp_path / "fer", {"train": ("happy", "SAD"), "test": ("happy",)}, n=2)).classes == data.CLASSES
+
+
+def test_the_onnx_file_carries_the_classes(tmp_path):
+    from fer_optuna.training import portable
+
+    classes = ("cat", "dog", "owl")
+    path = tmp_path / "m.pt"
+    checkpoints.save_checkpoint(path, build_model("mlp", 0.0, 8, 1.0, len(classes)), TrainConfig(model="mlp", hidden_dim=8),
+                                classes)
+    portable.export_onnx(checkpoints.read_checkpoint(path), tmp_path / "m.onnx")
+    onnx_model = portable.Classifier(tmp_path / "m.onnx")
+    assert onnx_model.classes == classes and onnx_model.probs(np.zeros((2, 48, 48), np.uint8)).shape == (2, 3)
+
+
+def test_a_study_stores_the_votes_beside_the_data_and_its_workers_load_both(tmp_path):
+    from conftest import TINY
+    from fer_optuna.search import study as fer_study
+
+    pixels, votes = _fer_plus(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    created, _ = fer_study.create(TINY, url, data=str(pixels), labels=str(votes))
+    assert created.user_attrs[fer_study.ATTR_LABELS] == str(votes.resolve())
+    assert fer_study.load_data(created).classes == FERPLUS
+    plain, _ = fer_study.create(TINY, url, name="plain", data=str(pixels))  # a study without votes, as before
+    assert fer_study.load_data(plain).classes == data.CLASSES
