@@ -207,3 +207,21 @@ def test_a_study_stores_the_votes_beside_the_data_and_its_workers_load_both(tmp_
     assert fer_study.load_data(created).classes == FERPLUS
     plain, _ = fer_study.create(TINY, url, name="plain", data=str(pixels))  # a study without votes, as before
     assert fer_study.load_data(plain).classes == data.CLASSES
+
+
+def test_init_takes_the_bundled_model_by_name_and_carries_the_shared_classes_rows(tmp_path):
+    pixels, votes = _fer_plus(tmp_path)
+    bundled = checkpoints.read_checkpoint(checkpoints.BUNDLED_MODEL)
+    cfg = TrainConfig(**{**bundled["config"], "provenance": {}}).replace(
+        init="fer2013", epochs=1, batch_size=2, lr=1e-12, train_subset=0, val_subset=0, degrade=0.0, ema=0.0)
+    out = tmp_path / "ferplus.pt"
+    trainer.train(cfg, data.load(pixels, labels=votes), device=torch.device("cpu"), checkpoint=out, log=None)
+    tuned = checkpoints.read_checkpoint(out)
+    assert checkpoints.checkpoint_classes(tuned) == FERPLUS
+    head = [k for k, v in tuned["state_dict"].items() if v.shape[:1] == (8,) and k.endswith("weight")][-1]
+    old, new = bundled["state_dict"][head].float(), tuned["state_dict"][head]
+    # FER+'s neutral, happiness, surprise, sadness, anger, disgust, fear are FER2013's
+    # Neutral, Happy, Surprise, Sad, Angry, Disgust, Fear; contempt is new.
+    for row, was in enumerate((6, 3, 5, 4, 0, 1, 2)):
+        assert torch.allclose(new[row], old[was], atol=1e-3), FERPLUS[row]
+    assert not any(torch.allclose(new[7], old[k], atol=1e-2) for k in range(7))

@@ -23,6 +23,38 @@ from .models import build_model
 CHECKPOINT_FORMAT = "fer-optuna/1"
 # The model that ships inside the package: `predict`, `evaluate` and `Recognizer()` use it when given none.
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer2013-best.pt"
+BUNDLED = {"fer2013": BUNDLED_MODEL}  # the names `init:` and `teacher:` take for the models that ship
+# FER+ names its emotions as nouns, FER2013 as adjectives: the same class under either name carries over.
+SAME_CLASS = {"happiness": "happy", "sadness": "sad", "anger": "angry"}
+
+
+def model_file(name: str, role: str) -> Path:
+    """A bundled model's file by its name, or a checkpoint's path; `role` (init, teacher) names the field."""
+    if name in BUNDLED:
+        return BUNDLED[name]
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise FerOptError(f"{role} {name!r}: no such model file; give a bundled model's name "
+                          f"({', '.join(BUNDLED)}) or the path of a checkpoint")
+    return path
+
+
+def carry_head(state: dict, head: str, fresh: dict, old: tuple[str, ...], new: tuple[str, ...]) -> dict:
+    """`state` with its classifier layer (`head`.weight/.bias) rebuilt for the classes `new`: the rows of the
+    classes both lists share (by name, in any case, FER+'s nouns as FER2013's adjectives) carried over from
+    `old`, the others as freshly initialised in `fresh`."""
+    def key(name: str) -> str:
+        return SAME_CLASS.get(name.lower(), name.lower())
+
+    rows = {key(c): i for i, c in enumerate(old)}
+    out = dict(state)
+    for part in ("weight", "bias"):
+        name = f"{head}.{part}"
+        out[name] = fresh[name].clone()
+        for i, c in enumerate(new):
+            if key(c) in rows:
+                out[name][i] = state[name][rows[key(c)]].to(out[name].dtype)
+    return out
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -74,7 +74,9 @@ class TrainConfig:
     val_subset: int = 0
     patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
     seed: int = 0
-    init: str = ""  # a checkpoint whose weights start this run (fine-tuning); "" = random init
+    # A checkpoint whose weights start this run (fine-tuning): a bundled model's name (fer2013) or a path;
+    # "" = random init. With other classes than the data's, the head is new but for the shared classes' rows.
+    init: str = ""
     # Knowledge distillation (distill.py): a bundled model's name (fer2013) or a checkpoint path;
     # "" = none. The loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at T.
     teacher: str = ""

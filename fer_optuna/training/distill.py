@@ -24,7 +24,6 @@ from .data import CLASSES
 from .inference import pixels
 
 # The models a teacher can be named by; any other name is a checkpoint path.
-BUNDLED = {"fer2013": checkpoints.BUNDLED_MODEL}
 # Bump when the answers are computed differently, so that old cached answers are not reused.
 CACHE_VERSION = 1
 # The image and its mirror: the teacher's answer then does not depend on which way a face looks, as the
@@ -45,13 +44,7 @@ class Teacher:
 
 
 def teacher_path(name: str) -> Path:
-    if name in BUNDLED:
-        return BUNDLED[name]
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise FerOptError(f"teacher {name!r}: no such model file; give a bundled model's name "
-                          f"({', '.join(BUNDLED)}) or the path of a checkpoint")
-    return path
+    return checkpoints.model_file(name, "teacher")
 
 
 def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool, cache_dir: Path,

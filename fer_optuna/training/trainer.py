@@ -298,12 +298,17 @@ def _progress(enabled: bool | None, total: int, epoch: int, epochs: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, dynamic_ncols=True)
 
 
-def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
-    ckpt = checkpoints.read_checkpoint(cfg.init)
+def _load_init(model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...]) -> None:
+    """The init checkpoint's weights; for other classes than the data's, a new head with the shared classes' rows."""
+    ckpt = checkpoints.read_checkpoint(checkpoints.model_file(cfg.init, "init"))
     if ckpt.get("kind") != "model":
         raise FerOptError(f"init {cfg.init}: an ensemble cannot start a run; give a single model's checkpoint")
+    state = ckpt["state_dict"]
+    if checkpoints.checkpoint_classes(ckpt) != classes:
+        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        state = checkpoints.carry_head(state, head, model.state_dict(), checkpoints.checkpoint_classes(ckpt), classes)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError:
         raise FerOptError(f"init {cfg.init}: its weights do not fit {cfg.model} (width {cfg.width}, hidden_dim "
                           f"{cfg.hidden_dim}); the config must have the checkpoint's model, width and hidden_dim") from None
@@ -319,12 +324,13 @@ def data_key(data: FerData) -> str:
     return digest.hexdigest()
 
 
-def _start(cfg: TrainConfig, train_split: DeviceSplit, n_classes: int, device: torch.device,
+def _start(cfg: TrainConfig, train_split: DeviceSplit, classes: tuple[str, ...], device: torch.device,
            cpu_bf16: bool | None) -> tuple[Run, int]:
     """A fresh run: (its moving parts, optimizer steps per epoch)."""
+    n_classes = len(classes)
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
     if cfg.init:
-        _load_init(model, cfg)
+        _load_init(model, cfg, classes)
     model = model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
@@ -360,7 +366,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
                             teacher.logits if teacher is not None else None, data.soft)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
-    run, steps = _start(cfg, train_split, len(data.classes), device, settings.cpu_bf16)
+    run, steps = _start(cfg, train_split, data.classes, device, settings.cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
     key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
