@@ -108,14 +108,23 @@ def test_the_shared_votes_give_the_reference_counts():
 
 
 @pytest.mark.parametrize("target", ["majority", "distribution"])
-def test_soft_targets_train_with_smoothing_mixup_cutmix_and_class_weights(tmp_path, target):
+def test_soft_targets_train_with_smoothing_mixup_cutmix_and_class_weights(tmp_path, target, monkeypatch):
     pixels, votes = _fer_plus(tmp_path)
-    cfg = TrainConfig(model="mlp", hidden_dim=8, epochs=1, batch_size=2, target=target, label_smoothing=0.1,
+    cfg = TrainConfig(model="mlp", hidden_dim=8, epochs=3, batch_size=2, target=target, label_smoothing=0.1,
                       mixup=0.4, cutmix=1.0, class_weights="balanced", seed=1)
+    seen, forward = [], torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, x, t: (seen.append(t), forward(self, x, t))[1])
     out = tmp_path / "m.pt"
-    result = trainer.train(cfg, data.load(pixels, labels=votes), device=torch.device("cpu"), checkpoint=out, log=None)
-    assert np.isfinite(result.history[0].train_loss)
+    loaded = data.load(pixels, labels=votes)
+    result = trainer.train(cfg, loaded, device=torch.device("cpu"), checkpoint=out, log=None)
+    assert np.isfinite(result.history[-1].train_loss)
     assert checkpoints.checkpoint_classes(checkpoints.read_checkpoint(out)) == FERPLUS
+    if target == "distribution":  # the loss saw the vote distributions, whole rows of them
+        rows = {tuple(r) for r in data.for_target(loaded, target).soft.tolist()}
+        assert all(t.dtype == torch.float32 and {tuple(r) for r in t.tolist()} <= rows for t in seen)
+        assert len({tuple(r) for t in seen for r in t.tolist()}) > 1
+    else:
+        assert all(t.dtype == torch.int64 for t in seen)
 
 
 BAD_VOTES = {
