@@ -79,7 +79,7 @@ def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "va
     model_path = Path(model_path or checkpoints.BUNDLED_MODEL)
     ckpt = checkpoints.read_checkpoint(model_path)
     model, cfg = checkpoints.model_from_checkpoint(ckpt, dev)
-    loaded = fer_data.load(data_path, options=options, labels=labels)
+    loaded = fer_data.for_target(fer_data.load(data_path, options=options, labels=labels), "majority")
     classes = checkpoints.require_classes(ckpt, loaded.classes, str(model_path), str(data_path))
     images, labels = loaded.split(split)
     split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)

@@ -234,3 +234,14 @@ def test_init_takes_the_bundled_model_by_name_and_carries_the_shared_classes_row
     for row, was in enumerate((6, 3, 5, 4, 0, 1, 2)):
         assert torch.allclose(new[row], old[was], atol=1e-3), FERPLUS[row]
     assert not any(torch.allclose(new[7], old[k], atol=1e-2) for k in range(7))
+
+
+def test_train_and_evaluate_take_the_votes_on_the_cli(tmp_path):
+    pixels, votes = _fer_plus(tmp_path)
+    model = tmp_path / "m.pt"
+    said = fer_opt("train", "--data", pixels, "--labels", votes, "--out", model, "--model", "mlp", "--epochs", "1",
+                   "--batch-size", "2", "--set", "hidden_dim=8", "--set", "target=distribution").stdout
+    assert "faces with a label: train 3 (with the distribution target 5), val 2, test 1" in said
+    rep = json.loads(fer_opt("evaluate", "--model", model, "--data", pixels, "--labels", votes, "--split", "test",
+                             "--json").stdout)
+    assert rep["n"] == 1 and list(rep["per_class"]) == list(FERPLUS)

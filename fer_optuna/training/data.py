@@ -498,8 +498,11 @@ def with_votes(data: FerData, votes: fer_votes.Votes) -> FerData:
             keep = named & ((dist.sum(1) > 0) if split == "train" else (majority >= 0))
             labels = np.where(majority >= 0, majority, dist.argmax(1))[keep]
             splits[split] = (data.images[split][keep], labels, majority[keep] >= 0, dist[keep])
-    note = f"labels: the FER+ votes in {votes.source} ({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())} faces)"
     train = splits.get("train")
+    faces = [f"{s} {len(v[1])}" for s, v in splits.items() if s != "train"]
+    if train:
+        faces.insert(0, f"train {int(train[2].sum())} (with the distribution target {len(train[1])})")
+    note = f"labels: the FER+ votes in {votes.source}; faces with a label: {', '.join(faces)}"
     return dataclasses.replace(
         data, images={s: v[0] for s, v in splits.items()}, labels={s: v[1] for s, v in splits.items()},
         notes=data.notes + (note,), classes=votes.classes,
