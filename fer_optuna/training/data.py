@@ -515,7 +515,7 @@ def for_target(data: FerData, target: str) -> FerData:
     if not data.votes:
         if target == "distribution":
             raise FerOptError(f"{data.source}: the distribution target needs vote counts; give FER+'s votes "
-                              "(fer2013new.csv) with --labels, or train with target: majority", flag="--labels")
+                              "(fer2013new.csv) as the labels, or train with target: majority", flag="--labels")
         return data
     keep = data.votes["majority"] if target == "majority" else np.ones(len(data.labels["train"]), bool)
     return dataclasses.replace(
