@@ -22,6 +22,7 @@ PRECISION_OPTION = click.option(
     help="Inference precision. fp32 gives the same answers on every machine and through ONNX; bf16 autocast "
          "is faster on CPUs with AVX512-bf16 or AMX and on GPUs, and moves probabilities by up to about 0.01.")
 DATA_HELP = "FER2013: the Kaggle fer2013.csv (.gz/.xz/.zip/.tar.gz too), an image folder (train/, test/), or a .npz"
+LABELS_HELP = "FER+ votes (fer2013new.csv) for the data's rows, which replace its labels (docs/data.md)."
 
 
 class Group(click.Group):
@@ -121,8 +122,9 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--seed", type=int, help="Override the config's seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config field; repeatable.")
 @click.option("--resize", is_flag=True, help="Resize source images that are not 48x48.")
+@click.option("--labels", type=click.Path(path_type=Path), help=LABELS_HELP)
 @click.pass_obj
-def train(settings, config_path, data_path, out, device, model, epochs, batch_size, lr, seed, sets, resize) -> None:
+def train(settings, config_path, data_path, out, device, model, epochs, batch_size, lr, seed, sets, resize, labels) -> None:
     """Train one model; keeps the checkpoint with the best val (PublicTest) accuracy.
 
     The run's state is saved after every epoch: stopped (Ctrl-C, SIGTERM, a crash), the same
@@ -133,13 +135,14 @@ def train(settings, config_path, data_path, out, device, model, epochs, batch_si
     flags = {"model": model, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     overrides = {k: v for k, v in flags.items() if v is not None} | _parse_set(sets)
     pipeline.train(config_path, data_path, out=out, device=device, overrides=overrides, resize=resize, log=click.echo,
-                   settings=settings)
+                   settings=settings, labels=labels)
 
 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="A checkpoint from `train`, or an ensemble [default: the bundled model].")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), envvar="FER_OPT_DATA", help=DATA_HELP)
+@click.option("--labels", type=click.Path(path_type=Path), help=LABELS_HELP)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="val is PublicTest, test is PrivateTest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Also write the confusion matrix as a PNG.")
@@ -147,13 +150,13 @@ def train(settings, config_path, data_path, out, device, model, epochs, batch_si
 @DEVICE_OPTION
 @PRECISION_OPTION
 @click.pass_obj
-def evaluate(settings, model_path, data_path, split, as_json, plot, tta, device, precision) -> None:
+def evaluate(settings, model_path, data_path, labels, split, as_json, plot, tta, device, precision) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on a split."""
     from . import pipeline
     from .training import metrics
 
     rep, architecture = pipeline.evaluate(model_path, data_path, split=split, tta=tta, device=device, precision=precision,
-                                          plot=plot, options=settings.data)
+                                          plot=plot, options=settings.data, labels=labels)
     if as_json:
         click.echo(json.dumps(rep))
         return
@@ -226,19 +229,20 @@ def _open_study(storage: str | None, name: str | None, settings: Settings):
 @STORAGE_OPTION
 @click.option("--name", help="Study name [default: the study file's name].")
 @click.option("--data", envvar="FER_OPT_DATA", show_envvar=True, help="Data path stored with the study [default: the study file's data:].")
+@click.option("--labels", help=LABELS_HELP + " Stored with the study.")
 @click.option("--skip-if-exists", is_flag=True, help="Succeed if the same study (same study file) already exists.")
 @click.option("--replace", is_flag=True, help="Delete an existing study of that name, trials included, and start over.")
 @click.option("--artifacts", envvar="FER_OPT_ARTIFACTS", show_envvar=True,
               help=ARTIFACTS_HELP + " [default: a folder 'artifacts' beside a SQLite file; none for PostgreSQL]")
 @click.pass_obj
-def create_study(settings, spec_path, storage, name, data, skip_if_exists, replace, artifacts) -> None:
+def create_study(settings, spec_path, storage, name, data, labels, skip_if_exists, replace, artifacts) -> None:
     """Create a study from a study file; workers then build everything from the storage (and its artifact store)."""
     from .search import study as fer_study
     from .search.artifacts import study_store
     from .search.storage import mask_url, storage_url
 
     created, new = fer_study.create(spec_path, storage, name=name, data=data, skip_if_exists=skip_if_exists,
-                                    replace=replace, artifacts=artifacts, options=settings.stores)
+                                    replace=replace, artifacts=artifacts, options=settings.stores, labels=labels)
     url = mask_url(storage_url(storage))
     verb = "created" if new else "exists, unchanged:"
     click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")
@@ -256,13 +260,15 @@ def create_study(settings, spec_path, storage, name, data, skip_if_exists, repla
 @click.option("--n-trials", type=int, help="Stop after this many trials of this worker [default: the study's budget].")
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
 @click.option("--data", envvar="FER_OPT_DATA", help="This machine's copy of the data [default: the path stored with the study] [env FER_OPT_DATA]")
+@click.option("--labels", help="This machine's copy of the FER+ votes [default: the path stored with the study].")
 @click.option("--checkpoint-dir", default="studies/checkpoints",
               help="This host's copy of each trial's best checkpoint and run state: DIR/STUDY/trial-N.pt.")
 @click.option("--artifacts", help=ARTIFACTS_HELP + " [default: the one the study records]")
 @click.option("--wandb", is_flag=True, help="Log each trial as a W&B run, grouped by study (WANDB_MODE=offline works).")
 @click.option("--threads", type=int, help="CPU threads per worker [default: all cores, divided among CPU workers].")
 @click.pass_obj
-def worker(settings, study_name, storage, gpu, per_gpu, n_trials, timeout, data, checkpoint_dir, artifacts, wandb, threads) -> None:
+def worker(settings, study_name, storage, gpu, per_gpu, n_trials, timeout, data, labels, checkpoint_dir, artifacts, wandb,
+           threads) -> None:
     """Pull trials from a study until its trial budget is spent, then exit 0.
 
     Ctrl-C or SIGTERM fails the running trial and queues it again (it resumes from its last
@@ -275,8 +281,8 @@ def worker(settings, study_name, storage, gpu, per_gpu, n_trials, timeout, data,
     name = study_name or fer_study.single_study_name(open_storage(storage, options=settings.stores))
     devices = fer_worker.parse_devices(gpu)
     per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
-    opts = fer_worker.WorkerOptions(study=name, storage=storage, device=devices[0], data=data, n_trials=n_trials,
-                                    timeout=timeout, checkpoint_dir=checkpoint_dir, artifacts=artifacts, wandb=wandb,
+    opts = fer_worker.WorkerOptions(study=name, storage=storage, device=devices[0], data=data, labels=labels,
+                                    n_trials=n_trials, timeout=timeout, checkpoint_dir=checkpoint_dir, artifacts=artifacts, wandb=wandb,
                                     threads=threads, settings=settings)
     sys.exit(fer_worker.launch(opts, devices, per))
 
@@ -364,17 +370,16 @@ def dashboard(settings, storage, host, port, artifacts) -> None:
 def ensemble(settings, study_name, storage, top, out, data, device, precision) -> None:
     """Soft-voting ensemble of the study's K best trials (their best checkpoints); in a study with
     constraints, of the K best that keep to them."""
-    from .training import data as fer_data
     from .training import inference, trainer
     from .search import report
-    from .search.study import ATTR_DATA
+    from .search import study as fer_study
 
     found, spec = _open_study(storage, study_name, settings)
     members = report.build_ensemble(found, top, out, settings.stores)
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
                f"(val {', '.join(f'{t.values[0]:.4f}' for t in members)})"
                + ("; feasible trials only" if spec.constraints else ""))
-    loaded = fer_data.load(data or found.user_attrs[ATTR_DATA], options=settings.data)
+    loaded = fer_study.load_data(found, data, options=settings.data)
     acc, _ = inference.val_accuracy(Path(out), loaded, trainer.resolve_device(device), bf16=inference.inference_bf16(precision))
     click.echo(f"ensemble val accuracy {acc:.4f} ({acc - members[0].values[0]:+.4f} over the best trial)")
 
@@ -390,14 +395,12 @@ def ensemble(settings, study_name, storage, top, out, data, device, precision) -
 @click.pass_obj
 def report_cmd(settings, study_name, storage, out, data, top, device, precision) -> None:
     """One self-contained HTML page: history, pruning, importances, the best trial, the ensemble's gain."""
-    from .training import data as fer_data
     from .training import inference, trainer
     from .search import report
-    from .search.study import ATTR_DATA
+    from .search import study as fer_study
 
     found, spec = _open_study(storage, study_name, settings)
-    source = data or found.user_attrs[ATTR_DATA]
-    loaded = None if source == "none" else fer_data.load(source, options=settings.data)
+    loaded = None if data == "none" else fer_study.load_data(found, data, options=settings.data)
     report.write_report(found, spec, out, loaded, trainer.resolve_device(device), top, inference.inference_bf16(precision),
                         settings.stores)
     click.echo(f"wrote {out}")
@@ -430,6 +433,7 @@ def storage_copy(settings, from_url, to_url, study_name, to_name) -> None:
 
 @main.command("run")
 @click.option("--data", "data_path", required=True, envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")
+@click.option("--labels", help=LABELS_HELP)
 @STORAGE_OPTION
 @click.option("--study-file", help="A study file, or a shipped study's name [default: fer2013-cnn3 with GPUs, quick on CPU].")
 @click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all.")
@@ -437,7 +441,7 @@ def storage_copy(settings, from_url, to_url, study_name, to_name) -> None:
 @click.option("--port", type=int, default=8080, help="Dashboard port during the study; 0 for none.")
 @click.option("--checkpoint-dir", default="studies/checkpoints", help="Each trial's best checkpoint goes to DIR/STUDY/trial-N.pt.")
 @click.pass_obj
-def run_all(settings, data_path, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
+def run_all(settings, data_path, labels, storage, study_file, gpu, out_dir, port, checkpoint_dir) -> None:
     """The main job: create the study, run workers on every GPU (CPU: quick.yaml), export the best config, train it.
 
     Stopped (Ctrl-C, SIGTERM, a crash), the same command goes on: the study from its trials, the final fit
@@ -446,7 +450,7 @@ def run_all(settings, data_path, storage, study_file, gpu, out_dir, port, checkp
     from . import pipeline
 
     pipeline.run(data_path, storage=storage, spec_path=study_file, out_dir=out_dir, gpu=gpu, port=port,
-                 checkpoint_dir=checkpoint_dir, log=click.echo, settings=settings)
+                 checkpoint_dir=checkpoint_dir, log=click.echo, settings=settings, labels=labels)
 
 
 @main.command()

@@ -53,12 +53,13 @@ def fit(cfg: TrainConfig, data: fer_data.FerData, out: Path, device: torch.devic
 
 def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model.pt"), device: str = "auto",
           overrides: dict | None = None, resize: bool = False, log: Callable[[str], None] = print,
-          settings: Settings | None = None) -> trainer.TrainResult:
-    """`fer-opt train`: a config file (else the defaults) with `overrides`, fitted resumably on the data into `out`."""
+          settings: Settings | None = None, labels: str | Path | None = None) -> trainer.TrainResult:
+    """`fer-opt train`: a config file (else the defaults) with `overrides`, fitted resumably on the data (labelled
+    by FER+ votes when `labels` are given) into `out`."""
     settings = settings or Settings()
     cfg = (load_config(config) if config else TrainConfig()).replace(**(overrides or {}))
     dev = trainer.resolve_device(device)
-    loaded = fer_data.load(data_path, resize=resize, options=settings.data)
+    loaded = fer_data.load(data_path, resize=resize, options=settings.data, labels=labels)
     for note in loaded.notes:
         log(f"note: {note}")
     log(f"training {cfg.model} on {dev} for {cfg.epochs} epochs (batch {cfg.batch_size}, lr {cfg.lr:g}) -> {out}")
@@ -71,16 +72,19 @@ def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model
 
 def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "val", tta: bool = False, device: str = "auto",
              precision: str = "fp32", plot: Path | None = None,
-             options: DataOptions | None = None) -> tuple[dict, str]:
+             options: DataOptions | None = None, labels: str | Path | None = None) -> tuple[dict, str]:
     """`fer-opt evaluate`: a model file's (else the bundled model's) report on a split (metrics.report, and
     what was scored), and its architecture; `plot` gets the confusion matrix as a PNG."""
     dev = trainer.resolve_device(device)
     model_path = Path(model_path or checkpoints.BUNDLED_MODEL)
-    model, cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(model_path), dev)
-    images, labels = fer_data.load(data_path, options=options).split(split)
+    ckpt = checkpoints.read_checkpoint(model_path)
+    model, cfg = checkpoints.model_from_checkpoint(ckpt, dev)
+    loaded = fer_data.for_target(fer_data.load(data_path, options=options, labels=labels), "majority")
+    classes = checkpoints.require_classes(ckpt, loaded.classes, str(model_path), str(data_path))
+    images, labels = loaded.split(split)
     split_data = inference.to_device(images, labels, dev, pipeline=cfg.pixels)
     _, _, probs = inference.evaluate(model, split_data, inference.inference_bf16(precision), tta=tta, tta_crop=cfg.crop)
-    rep = metrics.report(labels, probs.argmax(1).cpu().numpy())
+    rep = metrics.report(labels, probs.argmax(1).cpu().numpy(), classes)
     rep |= {"split": split, "model": str(model_path), "tta": tta, "inference_precision": precision}
     if plot:
         metrics.plot_confusion(rep, plot, f"{model_path.name} on {split}: accuracy {rep['accuracy']:.3f}")
@@ -128,21 +132,22 @@ def _dashboard(url: str, port: int, log_path: Path, log) -> _Dashboard | None:
 
 def run(data_path: str, *, storage: str | None = None, spec_path: str | None = None, out_dir: Path = Path("runs"),
         gpu: str = "all", port: int = 8080, checkpoint_dir: str = "studies/checkpoints", log=print,
-        settings: Settings | None = None) -> Path:
+        settings: Settings | None = None, labels: str | None = None) -> Path:
     """The main job; returns the final model's path. `spec_path`: a study file or a shipped study's
     name [default: fer2013-cnn3 with GPUs, quick on CPU]; `port`: the dashboard's, 0 for none."""
     settings = settings or Settings()
     devices = fer_worker.parse_devices(gpu)
     spec_path = shipped.find(spec_path or ("quick" if devices == ["cpu"] else "fer2013-cnn3"))
     url = storage_url(storage)
-    created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True, options=settings.stores)
+    created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True, options=settings.stores,
+                                    labels=labels)
     name = created.study_name
     log(f"study {name} {'created' if new else 'resumed'} on {mask_url(url)} from {spec_path}")
     dashboard = _dashboard(url, port, out_dir / "dashboard.log", log)
     try:
         # One worker is repeatable (seed offset 0); several draw different startup trials.
         opts = fer_worker.WorkerOptions(study=name, storage=url, device=devices[0], data=data_path,
-                                        checkpoint_dir=checkpoint_dir, seed_offset=0, settings=settings)
+                                        labels=labels, checkpoint_dir=checkpoint_dir, seed_offset=0, settings=settings)
         per = fer_worker.auto_per_device(devices)
         log(f"workers: {per} per device on {', '.join(devices)}")
         code = fer_worker.launch(opts, devices, per)
@@ -161,8 +166,8 @@ def run(data_path: str, *, storage: str | None = None, spec_path: str | None = N
     cfg = load_config(best_yaml)
     log(f"training the final model from {best_yaml} ({cfg.model}, {cfg.epochs} epochs, "
         f"{'all' if not cfg.train_subset else cfg.train_subset} train images) -> {model_path}")
-    result = fit(cfg, fer_data.load(data_path, options=settings.data), model_path, trainer.resolve_device(devices[0]), log,
+    result = fit(cfg, fer_data.load(data_path, options=settings.data, labels=labels), model_path, trainer.resolve_device(devices[0]), log,
                  "final fit", settings)
     log(f"final model: val (PublicTest) accuracy {result.best_val_acc:.4f}; saved {model_path}")
-    log(f"next: fer-opt evaluate --model {model_path} --data {data_path} --split val")
+    log(f"next: fer-opt evaluate --model {model_path} --data {data_path}{f' --labels {labels}' if labels else ''} --split val")
     return model_path

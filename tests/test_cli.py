@@ -86,11 +86,11 @@ import numpy as np
 import fer_optuna.cli, fer_optuna.pipeline, fer_optuna.recognition.video as video
 from fer_optuna.training import metrics
 assert dict(os.environ) == before, "importing changed the environment"
-rep = {"confusion_matrix": np.eye(7, dtype=int).tolist(), "accuracy": 1.0, "n": 7}
+rep = metrics.report(np.arange(7), np.arange(7))
 metrics.plot_confusion(rep, "cm.png")
 metrics.plot_learning_curve([{"epoch": 1, "train_loss": 1, "val_loss": 1, "train_acc": 0.5, "val_acc": 0.5}], "lc.png")
 from pathlib import Path
-video.plot_emotions({1: [0.0, 1.0]}, {1: [np.full(7, 1 / 7)] * 2}, Path("em.png"), "t")
+video.plot_emotions({1: [0.0, 1.0]}, {1: [{"Happy": 0.5, "Sad": 0.5}] * 2}, Path("em.png"), "t")
 assert matplotlib.rcParams._get_backend_or_none() is None, "a plot chose matplotlib's backend for the process"
 assert "matplotlib.pyplot" not in sys.modules
 """

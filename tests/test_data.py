@@ -221,7 +221,7 @@ def test_undecodable_and_unknown_class_images(tmp_path):
         data.load(root)
     root2 = _image_tree(tmp_path / "tree2", n=1)
     (root2 / "train" / "contempt").mkdir()
-    with pytest.raises(FerOptError, match=r"contempt: unknown class folder"):
+    with pytest.raises(FerOptError, match=r"tree2: the splits have different classes \(only train/ has contempt\)"):
         data.load(root2)
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from fer_optuna.errors import FerOptError
-from fer_optuna.training.data import CLASSES, IMAGE_SUFFIXES
+from fer_optuna.training.data import IMAGE_SUFFIXES
 from fer_optuna.training.files import PartialFile
 from .recognizer import FaceEmotion, Recognizer, annotated
 from .video import VIDEO_SUFFIXES, AnnotatedVideo, VideoSource, plot_emotions
 
-COLUMNS = ["source", "frame", "seconds", "face", "x", "y", "width", "height", "score", "emotion", *CLASSES]
+COLUMNS = ["source", "frame", "seconds", "face", "x", "y", "width", "height", "score", "emotion"]  # then the classes
 
 
 @dataclass(frozen=True)
@@ -65,18 +65,18 @@ def _row(source: Path, frame: int | str, seconds: float | str, face: FaceEmotion
     x, y, w, h = face.box
     return {"source": str(source), "frame": frame, "seconds": seconds, "face": face.id or number, "x": x, "y": y,
             "width": w, "height": h, "score": round(face.score, 4), "emotion": face.emotion,
-            **{c: round(face.probabilities[c], 4) for c in CLASSES}}
+            **{c: round(v, 4) for c, v in face.probabilities.items()}}
 
 
 class RowFile:
     """One CSV or JSON Lines file for every face of every input, renamed into place when whole."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, classes: tuple[str, ...]):
         if out.suffix.lower() not in (".csv", ".jsonl"):
             raise FerOptError(f"{out}: expected a .csv or .jsonl file for the rows", flag="--out")
         self.partial = PartialFile(out)
         self.file = open(self.partial.path, "w", newline="")
-        self.csv = csv.DictWriter(self.file, COLUMNS) if out.suffix.lower() == ".csv" else None
+        self.csv = csv.DictWriter(self.file, COLUMNS + list(classes)) if out.suffix.lower() == ".csv" else None
         if self.csv:
             self.csv.writeheader()
         self.rows = 0
@@ -94,7 +94,7 @@ def predict(recognizer: Recognizer, inputs: list[str | Path], opts: PredictOptio
             progress: bool = True) -> int:
     """Every face of every input: a line (or a JSON object) each on `echo`, rows to opts.out. Returns the faces found."""
     paths = expand(inputs)
-    rows = RowFile(opts.out) if opts.out else None
+    rows = RowFile(opts.out, recognizer.classes) if opts.out else None
     total = 0
     try:
         for path in paths:
@@ -171,7 +171,7 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
             sampled, shape = sampled + 1, frame.bgr.shape
             for face in sorted(frame.faces, key=lambda f: f.id):
                 times.setdefault(face.id, []).append(frame.seconds)
-                probs.setdefault(face.id, []).append(np.array([face.probabilities[c] for c in CLASSES]))
+                probs.setdefault(face.id, []).append(face.probabilities)
                 if rows:
                     rows.add(_row(path, frame.index, round(frame.seconds, 3), face, face.id))
             if opts.as_json:
@@ -193,9 +193,10 @@ def _video(recognizer: Recognizer, path: Path, opts: PredictOptions, rows: RowFi
             found = f"{found}, {in_words}" if times else _none_found(in_words, looked["smallest_face"])
         echo(f"{path}: {sampled} frames analysed, {found}")
         for tid in sorted(times):
-            mean = np.mean(probs[tid], 0)
+            mean = {c: np.mean([p[c] for p in probs[tid]]) for c in recognizer.classes}
+            most = max(mean, key=mean.get)
             echo(f"{path}: face {tid}, {times[tid][0]:.1f}-{times[tid][-1]:.1f} s in {len(times[tid])} frames, "
-                 f"mostly {CLASSES[int(mean.argmax())]} ({mean.max():.2f})")
+                 f"mostly {most} ({mean[most]:.2f})")
     return sum(len(t) for t in times.values())
 
 

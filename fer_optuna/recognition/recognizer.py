@@ -19,7 +19,7 @@ import numpy as np
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.training.checkpoints import BUNDLED_MODEL
-from fer_optuna.training.data import CLASSES, SIDE
+from fer_optuna.training.data import SIDE
 from . import detectors, faces
 from .detectors import DEFAULT_DETECTOR, Detection
 from .video import FaceTracker, VideoSource
@@ -29,7 +29,7 @@ from .video import FaceTracker, VideoSource
 class FaceEmotion:
     box: tuple[int, int, int, int]  # x, y, width, height in the picture's pixels
     score: float  # the detector's confidence (1.0 for a given box)
-    probabilities: dict[str, float]  # all seven classes
+    probabilities: dict[str, float]  # every class of the model, in its order
     id: int | None = None  # a face's id across the frames of a video (None for a photo)
 
     @property
@@ -68,6 +68,7 @@ class Recognizer:
 
         self.model_path = Path(model) if model else BUNDLED_MODEL
         self.classifier = Classifier(self.model_path, device, precision)
+        self.classes = self.classifier.classes  # the model's class names, in its outputs' order
         self.detector_name = detector
         if min_face is not None and min_face < 4:
             raise FerOptError(f"min_face {min_face}: a face must be at least 4 pixels across")
@@ -76,12 +77,12 @@ class Recognizer:
         self.tta = tta
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 7), in data.CLASSES order, for uint8 face crops (N, 48, 48)."""
+        """Class probabilities (N, classes), in self.classes order, for uint8 face crops (N, 48, 48)."""
         crops = np.asarray(crops)
         if crops.ndim != 3 or crops.shape[1:] != (SIDE, SIDE):
             raise FerOptError(f"face crops of shape {crops.shape}: expected (N, {SIDE}, {SIDE}) uint8")
         if not len(crops):
-            return np.zeros((0, len(CLASSES)), np.float32)
+            return np.zeros((0, len(self.classes)), np.float32)
         return self.classifier.probs(crops.astype(np.uint8), self.tta)
 
     def faces(self, image, boxes: Iterable[tuple[int, int, int, int]] | None = None, channels: str = "rgb",
@@ -135,8 +136,8 @@ class Recognizer:
         return faces.faces_in(rgb, self._detect(rgb, self.min_face))
 
     def _emotions(self, rgb: np.ndarray, found: list[faces.Face]) -> list[FaceEmotion]:
-        probs = self.classify(np.stack([f.crop for f in found])) if found else np.zeros((0, len(CLASSES)))
-        return [FaceEmotion(f.box, float(f.score), {c: float(v) for c, v in zip(CLASSES, p)}) for f, p in zip(found, probs)]
+        probs = self.classify(np.stack([f.crop for f in found])) if found else np.zeros((0, len(self.classes)))
+        return [FaceEmotion(f.box, float(f.score), {c: float(v) for c, v in zip(self.classes, p)}) for f, p in zip(found, probs)]
 
 
 def annotated(image, found: list[FaceEmotion], channels: str = "rgb") -> np.ndarray:

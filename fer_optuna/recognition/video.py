@@ -14,7 +14,6 @@ from typing import TypeVar
 import numpy as np
 
 from fer_optuna.errors import FerOptError
-from fer_optuna.training.data import CLASSES
 from fer_optuna.training.files import PartialFile
 
 T = TypeVar("T")
@@ -187,18 +186,17 @@ class AnnotatedVideo:
         self.file.close(keep)
 
 
-def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[np.ndarray]], out: Path, title: str,
+def plot_emotions(times: dict[int, list[float]], probs: dict[int, list[dict[str, float]]], out: Path, title: str,
                   most: int = 6) -> None:
-    """One panel per face id (the `most` seen longest): its seven probabilities over time."""
+    """One panel per face id (the `most` seen longest): its probabilities over time (`probs`: dicts class -> value)."""
     from matplotlib.figure import Figure  # not pyplot: no global backend or figure list
 
     shown = sorted(times, key=lambda tid: -len(times[tid]))[:most] or []
     fig = Figure(figsize=(10, 1.2 + 1.6 * max(1, len(shown))))
     axes = fig.subplots(max(1, len(shown)), 1, squeeze=False, sharex=True)
     for ax, tid in zip(axes[:, 0], shown):
-        p = np.stack(probs[tid])
-        for k, name in enumerate(CLASSES):
-            ax.plot(times[tid], p[:, k], label=name, lw=1.4)
+        for name in probs[tid][0]:
+            ax.plot(times[tid], [p[name] for p in probs[tid]], label=name, lw=1.4)
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"face {tid}")
     if not shown:

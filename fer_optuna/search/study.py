@@ -19,7 +19,8 @@ import yaml
 from optuna.trial import TrialState
 
 from fer_optuna.errors import FerOptError
-from fer_optuna.options import StoreOptions
+from fer_optuna.options import DataOptions, StoreOptions
+from fer_optuna.training import data as fer_data
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
 from . import pruners, shipped
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
@@ -28,6 +29,7 @@ from .optuna_private import study_system_attrs
 from .storage import mask_url, open_storage, storage_url
 
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
+ATTR_LABELS = "fer_opt.labels"  # FER+ votes for the data's rows; absent or "": the data's own labels
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue",
              "constraints", "objectives"}
@@ -277,13 +279,21 @@ def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
     return str(resolved.resolve())
 
 
+def load_data(study: optuna.Study, data: str | None = None, labels: str | None = None,
+              options: DataOptions | None = None) -> fer_data.FerData:
+    """The study's data (or `data`, this machine's copy), labelled by `labels` or the votes stored with the study."""
+    return fer_data.load(data or study.user_attrs[ATTR_DATA], options=options,
+                         labels=labels or study.user_attrs.get(ATTR_LABELS) or None)
+
+
 def create(spec_path: str | Path, url: str | None = None, name: str | None = None, data: str | None = None,
            skip_if_exists: bool = False, replace: bool = False, artifacts: str | None = None,
-           options: StoreOptions | None = None) -> tuple[optuna.Study, bool]:
+           options: StoreOptions | None = None, labels: str | None = None) -> tuple[optuna.Study, bool]:
     """Create the study (True) or find the identical one (False) from a study file: a path, or the name
     of a shipped one (see shipped.py).
 
-    `data`: the data path stored with the study, else the study file's data: (relative to the file).
+    `data`: the data path stored with the study, else the study file's data: (relative to the file);
+    `labels`: FER+ votes for its rows, stored beside it.
     `artifacts`: the study's artifact store (else a folder beside a SQLite file, else none); checked
     before anything is written, and recorded without credentials.
     """
@@ -321,6 +331,7 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
 
     save_note(study, f"Created by `fer-opt create-study` from `{spec_path}`:\n\n```yaml\n{spec.text.rstrip()}\n```\n")
     study.set_user_attr(ATTR_DATA, data_path)
+    study.set_user_attr(ATTR_LABELS, str(Path(labels).expanduser().resolve()) if labels else "")
     study.set_user_attr(ATTR_PATH, str(spec_path))
     for params in spec.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)

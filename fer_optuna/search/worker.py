@@ -38,7 +38,7 @@ from . import artifacts, pruners
 from .budget import ATTR_INFEASIBLE, violations
 from .optuna_private import OPTIMIZE_LOGGER, TellingAFinishedTrial
 from .storage import open_storage, storage_url
-from .study import ATTR_DATA, FINISHED, StudySpec, load_study, make_pruner, make_sampler, suggest
+from .study import ATTR_DATA, FINISHED, StudySpec, load_data, load_study, make_pruner, make_sampler, suggest
 from .trial_files import TrialFiles
 
 WAIT_SECONDS = 2.0
@@ -63,6 +63,7 @@ class WorkerOptions:
     storage: str | None
     device: str  # 'cpu', 'cuda', 'cuda:N' or a GPU index
     data: str | None = None
+    labels: str | None = None  # FER+ votes for the data [default: those stored with the study]
     n_trials: int | None = None
     timeout: float | None = None
     checkpoint_dir: str | None = None  # this host's copy of each trial's files
@@ -292,7 +293,7 @@ def run(opts: WorkerOptions) -> int:
     study.sampler = make_sampler(spec, seed_offset=os.getpid() if opts.seed_offset is None else opts.seed_offset)
     study.pruner = make_pruner(spec)
     data_path = opts.data or study.user_attrs.get(ATTR_DATA)
-    data = fer_data.load(data_path, options=opts.settings.data)
+    data = load_data(study, opts.data, opts.labels, opts.settings.data)
     objective = Objective(study, spec, data, device, opts, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger(OPTIMIZE_LOGGER).addFilter(_DropsOnOneLine())
@@ -348,7 +349,7 @@ def spawn(opts: WorkerOptions, devices: list[str], per_device: int) -> int:
     for device in devices:
         for _ in range(per_device):
             cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--study", opts.study, "--gpu", device]
-            for flag, value in (("--data", opts.data), ("--n-trials", opts.n_trials), ("--artifacts", opts.artifacts),
+            for flag, value in (("--data", opts.data), ("--labels", opts.labels), ("--n-trials", opts.n_trials), ("--artifacts", opts.artifacts),
                                 ("--timeout", opts.timeout), ("--checkpoint-dir", opts.checkpoint_dir),
                                 ("--threads", threads if device == "cpu" else None)):
                 if value is not None:

@@ -23,6 +23,38 @@ from .models import build_model
 CHECKPOINT_FORMAT = "fer-optuna/1"
 # The model that ships inside the package: `predict`, `evaluate` and `Recognizer()` use it when given none.
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer2013-best.pt"
+BUNDLED = {"fer2013": BUNDLED_MODEL}  # the names `init:` and `teacher:` take for the models that ship
+# FER+ names its emotions as nouns, FER2013 as adjectives: the same class under either name carries over.
+SAME_CLASS = {"happiness": "happy", "sadness": "sad", "anger": "angry"}
+
+
+def model_file(name: str, role: str) -> Path:
+    """A bundled model's file by its name, or a checkpoint's path; `role` (init, teacher) names the field."""
+    if name in BUNDLED:
+        return BUNDLED[name]
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise FerOptError(f"{role} {name!r}: no such model file; give a bundled model's name "
+                          f"({', '.join(BUNDLED)}) or the path of a checkpoint")
+    return path
+
+
+def carry_head(state: dict, head: str, fresh: dict, old: tuple[str, ...], new: tuple[str, ...]) -> dict:
+    """`state` with its classifier layer (`head`.weight/.bias) rebuilt for the classes `new`: the rows of the
+    classes both lists share (by name, in any case, FER+'s nouns as FER2013's adjectives) carried over from
+    `old`, the others as freshly initialised in `fresh`."""
+    def key(name: str) -> str:
+        return SAME_CLASS.get(name.lower(), name.lower())
+
+    rows = {key(c): i for i, c in enumerate(old)}
+    out = dict(state)
+    for part in ("weight", "bias"):
+        name = f"{head}.{part}"
+        out[name] = fresh[name].clone()
+        for i, c in enumerate(new):
+            if key(c) in rows:
+                out[name][i] = state[name][rows[key(c)]].to(out[name].dtype)
+    return out
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -33,10 +65,25 @@ def atomic_save(obj: Any, path: Path) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, **meta: Any) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...] = CLASSES,
+                    **meta: Any) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_save({"format": CHECKPOINT_FORMAT, "kind": "model", "config": cfg.to_dict(),
-                 "classes": list(CLASSES), "state_dict": state, "meta": meta}, Path(path))
+                 "classes": list(classes), "state_dict": state, "meta": meta}, Path(path))
+
+
+def checkpoint_classes(ckpt: dict) -> tuple[str, ...]:
+    """The model's class names, in its outputs' order; a file written before they were stored is FER2013's seven."""
+    return tuple(str(c) for c in ckpt.get("classes") or CLASSES)
+
+
+def require_classes(ckpt: dict, classes: tuple[str, ...], model: str, data: str) -> tuple[str, ...]:
+    """The model's classes, which must be the data's (same names, same order): its scores are compared with the labels."""
+    have = checkpoint_classes(ckpt)
+    if have != tuple(classes):
+        raise FerOptError(f"{model}: the model's classes ({', '.join(have)}) are not those of {data} "
+                          f"({', '.join(classes)}); evaluate it on data with its classes")
+    return have
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -68,11 +115,12 @@ class SoftVote(nn.Module):
 def model_from_checkpoint(ckpt: dict, device: torch.device) -> tuple[nn.Module, TrainConfig]:
     """A single model, or a SoftVote for an ensemble file; both evaluate and predict alike."""
     members = ckpt["members"] if ckpt.get("kind") == "ensemble" else [ckpt]
+    n_classes = len(checkpoint_classes(ckpt))
     models, configs = [], []
     for member in members:
         # Checkpoints from before the pixel pipeline was saved fed the model raw pixels.
         cfg = config_from_dict({"equalize": False, **member["config"]}, "checkpoint config")
-        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+        model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
         model.load_state_dict(member["state_dict"])
         models.append(model)
         configs.append(cfg)
@@ -93,8 +141,11 @@ def half_precision(ckpt: dict) -> dict:
 
 
 def save_ensemble(path: str | Path, checkpoints: list[dict], **meta: Any) -> None:
+    classes = {checkpoint_classes(c) for c in checkpoints}
+    if len(classes) > 1:
+        raise FerOptError("the ensemble's members have different classes; build it from trials on the same data")
     members = [{"config": c["config"], "state_dict": c["state_dict"], "meta": c.get("meta", {})} for c in checkpoints]
-    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(CLASSES), "members": members,
+    atomic_save({"format": CHECKPOINT_FORMAT, "kind": "ensemble", "classes": list(classes.pop()), "members": members,
                  "config": members[0]["config"], "meta": meta}, Path(path))
 
 

@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
 CLASS_WEIGHTS = ("none", "balanced")
+TARGETS = ("majority", "distribution")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     scheduler: str = "plateau"
     warmup_epochs: float = 0.0  # cosine only: linear warm-up before the decay
     label_smoothing: float = 0.0
+    # What train labels the loss sees when the data has FER+ votes: each face's majority label, or the
+    # votes' distribution as a soft target. Val and test are always scored on majority labels.
+    target: str = "majority"
     class_weights: str = "none"
     # The pixel pipeline, saved in every checkpoint and applied before anything else in
     # training, evaluation, prediction and ONNX: per-image histogram equalisation makes the
@@ -70,7 +74,9 @@ class TrainConfig:
     val_subset: int = 0
     patience: int = 0  # stop after this many epochs without a better val accuracy; 0 = never
     seed: int = 0
-    init: str = ""  # a checkpoint whose weights start this run (fine-tuning); "" = random init
+    # A checkpoint whose weights start this run (fine-tuning): a bundled model's name (fer2013) or a path;
+    # "" = random init. With other classes than the data's, the head is new but for the shared classes' rows.
+    init: str = ""
     # Knowledge distillation (distill.py): a bundled model's name (fer2013) or a checkpoint path;
     # "" = none. The loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at T.
     teacher: str = ""
@@ -94,6 +100,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}"),
             (self.scheduler in SCHEDULERS, "scheduler", f"one of {', '.join(SCHEDULERS)}"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.target in TARGETS, "target", f"one of {', '.join(TARGETS)}"),
             (self.class_weights in CLASS_WEIGHTS, "class_weights", f"one of {', '.join(CLASS_WEIGHTS)}"),
             (16 <= self.crop <= 48, "crop", "between 16 and 48 pixels"),
             (0 <= self.erasing <= 1, "erasing", "a probability in [0, 1]"),

@@ -19,7 +19,7 @@ import io
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import DataOptions
+from . import votes as fer_votes
 from .files import PartialFile
 from .streams import open_payload
 
@@ -57,6 +58,11 @@ class FerData:
     source: str
     notes: tuple[str, ...] = ()
     cache_file: str = ""  # where the parsed arrays are cached ("" when not cached)
+    classes: tuple[str, ...] = CLASSES  # label k names classes[k]
+    # With FER+ votes, the train split's targets before a training target picks its rows (for_target):
+    # "majority" (bool: the face has a majority label) and "distribution" (float32 (N, classes)).
+    votes: dict[str, np.ndarray] = field(default_factory=dict)
+    soft: np.ndarray | None = None  # float32 (N_train, classes): the train split's soft targets, if any
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.images:
@@ -70,7 +76,7 @@ class FerData:
         return self.images[name], self.labels[name]
 
     def counts(self) -> dict[str, np.ndarray]:
-        return {s: np.bincount(self.labels[s], minlength=len(CLASSES)) for s in SPLITS if s in self.labels}
+        return {s: np.bincount(self.labels[s], minlength=len(self.classes)) for s in SPLITS if s in self.labels}
 
 
 # --------------------------------------------------------------------------- CSV
@@ -296,26 +302,45 @@ def read_image(path: Path, resize: bool) -> np.ndarray:
         raise FerOptError(f"{path}: cannot decode image ({e})") from None
 
 
-def _folder_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
-    classes = {c.lower(): i for i, c in enumerate(CLASSES)}
-    found: dict[str, list[tuple[Path, int]]] = {}
+def _folder_files(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], tuple[str, ...]]:
+    """Each split's (image, label) pairs and the class names: FER2013's seven when every class folder is one of
+    them (any case), so that FER2013 models score the folder; else the folders' own names, sorted."""
+    folders: dict[str, list[Path]] = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         split = FOLDER_TO_SPLIT.get(split_dir.name.lower())
         if split is None:
             raise FerOptError(
                 f"{split_dir}: unknown split folder; expected train/, test/ and optionally val/"
             )
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            label = classes.get(class_dir.name.lower())
-            if label is None:
-                raise FerOptError(
-                    f"{class_dir}: unknown class folder; expected one of {', '.join(c.lower() for c in CLASSES)}"
-                )
+        folders.setdefault(split, []).extend(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _folder_classes(root, folders)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    found: dict[str, list[tuple[Path, int]]] = {}
+    for split, class_dirs in folders.items():
+        for class_dir in sorted(class_dirs):
             files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            found.setdefault(split, []).extend((p, label) for p in files)
+            found.setdefault(split, []).extend((p, index[class_dir.name.lower()]) for p in files)
     if not any(found.values()):
         raise FerOptError(f"{root}: no images under <split>/<class>/; expected train/<class>/*.jpg and test/<class>/*.jpg")
-    return found
+    return found, classes
+
+
+def _folder_classes(root: Path, folders: dict[str, list[Path]]) -> tuple[str, ...]:
+    names = {split: {d.name.lower(): d.name for d in dirs} for split, dirs in folders.items()}
+    if all(set(n) <= {c.lower() for c in CLASSES} for n in names.values()):
+        return CLASSES
+    splits = sorted(names, key=SPLITS.index)
+    for split in splits[1:]:
+        if set(names[split]) != set(names[splits[0]]):
+            only = [f"only {a}/ has {', '.join(names[a][k] for k in sorted(set(names[a]) - set(names[b])))}"
+                    for a, b in ((splits[0], split), (split, splits[0])) if set(names[a]) - set(names[b])]
+            raise FerOptError(f"{root}: the splits have different classes ({'; '.join(only)}); every split needs "
+                              "the same class folders")
+    classes = tuple(names[splits[0]][k] for k in sorted(names[splits[0]])) if splits else ()
+    if len(classes) < 2:
+        raise FerOptError(f"{root}: {len(classes)} class folder(s) ({', '.join(classes)}); a classifier needs two "
+                          "classes or more, one folder each under every split")
+    return classes
 
 
 def _parse_folder(files: dict[str, list[tuple[Path, int]]], resize: bool):
@@ -375,6 +400,7 @@ def _save_cache(target: Path, data: FerData) -> None:
     arrays = {f"{s}_images": data.images[s] for s in data.images}
     arrays |= {f"{s}_labels": data.labels[s] for s in data.labels}
     arrays["notes"] = np.array(data.notes, dtype=str)
+    arrays["classes"] = np.array(data.classes, dtype=str)
     # Two processes building the same cache both end with a whole one.
     with PartialFile(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -386,14 +412,15 @@ def _load_cache(target: Path, source: str) -> FerData | None:
             images = {s: archive[f"{s}_images"] for s in SPLITS if f"{s}_images" in archive.files}
             labels = {s: archive[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in archive.files}
             notes = tuple(str(n) for n in archive["notes"])
+            classes = tuple(str(c) for c in archive["classes"]) if "classes" in archive.files else CLASSES
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # unreadable cache: rebuilt from the source
-    return FerData(images, labels, source, notes, str(target))
+    return FerData(images, labels, source, notes, str(target), classes)
 
 
 def cache_path(path: str | Path, resize: bool = False, options: DataOptions | None = None) -> Path:
     path = _check_exists(path)
-    return _cache_file(path, _folder_files(path) if path.is_dir() else None, resize, (options or DataOptions()).cache_dir)
+    return _cache_file(path, _folder_files(path)[0] if path.is_dir() else None, resize, (options or DataOptions()).cache_dir)
 
 
 def _cache_file(path: Path, files: dict | None, resize: bool, cache_dir: Path) -> Path:
@@ -410,11 +437,19 @@ def _check_exists(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, resize: bool = False, use_cache: bool = True, options: DataOptions | None = None) -> FerData:
-    """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before."""
+def load(path: str | Path, resize: bool = False, use_cache: bool = True, options: DataOptions | None = None,
+         labels: str | Path | None = None) -> FerData:
+    """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before;
+    `labels`: FER+ votes for the same rows (votes.py), which replace the source's labels."""
     options = options or DataOptions()
+    votes = fer_votes.read(labels, options.max_input_bytes) if labels else None
+    data = _load_pixels(path, resize, use_cache, options)
+    return with_votes(data, votes) if votes else data
+
+
+def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataOptions) -> FerData:
     path = _check_exists(path)
-    files = _folder_files(path) if path.is_dir() else None
+    files, classes = _folder_files(path) if path.is_dir() else (None, CLASSES)
     if path.is_file() and path.stat().st_size == 0:
         raise FerOptError(f"{path}: the file is empty; expected a CSV with columns emotion,pixels,Usage")
     target = _cache_file(path, files, resize, options.cache_dir)
@@ -429,7 +464,8 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
             splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
     # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
     splits, notes = _carve_val(splits)
-    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes)
+    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes,
+                   classes=classes)
     if use_cache:
         try:
             _save_cache(target, data)
@@ -437,3 +473,52 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
         except OSError:
             pass  # a read-only or full cache folder only costs speed
     return data
+
+
+# --------------------------------------------------------------------------- FER+ votes
+
+
+def with_votes(data: FerData, votes: fer_votes.Votes) -> FerData:
+    """The pixels labelled by FER+ votes, row i by row i: val and test keep the faces with a majority label;
+    train keeps every face with a target (see for_target)."""
+    splits = {}
+    for usage, split in USAGE_TO_SPLIT.items():
+        rows = np.flatnonzero(votes.usage == usage)
+        have = len(data.labels.get(split, ()))
+        if len(rows) != have:
+            more = len(rows) > have
+            line = votes.lines[rows[have]] if more else (votes.lines[rows[-1]] if len(rows) else votes.lines[-1])
+            where = f"{usage} row {have + 1}" if more else f"the last of {len(rows)} {usage} rows"
+            raise FerOptError(f"{votes.source}, line {line}: {where} of the votes, but {data.source} has {have}; row i "
+                              "of the votes labels row i of the pixels: give the votes for the same rows in the same order",
+                              flag="--labels")
+        if have:
+            counts, named = votes.counts[rows], votes.named[rows]
+            majority, dist = fer_votes.majority(counts), fer_votes.distribution(counts)
+            keep = named & ((dist.sum(1) > 0) if split == "train" else (majority >= 0))
+            labels = np.where(majority >= 0, majority, dist.argmax(1))[keep]
+            splits[split] = (data.images[split][keep], labels, majority[keep] >= 0, dist[keep])
+    train = splits.get("train")
+    faces = [f"{s} {len(v[1])}" for s, v in splits.items() if s != "train"]
+    if train:
+        faces.insert(0, f"train {int(train[2].sum())} (with the distribution target {len(train[1])})")
+    note = f"labels: the FER+ votes in {votes.source}; faces with a label: {', '.join(faces)}"
+    return dataclasses.replace(
+        data, images={s: v[0] for s, v in splits.items()}, labels={s: v[1] for s, v in splits.items()},
+        notes=data.notes + (note,), classes=votes.classes,
+        votes={"majority": train[2], "distribution": train[3]} if train else {})
+
+
+def for_target(data: FerData, target: str) -> FerData:
+    """The train split for a training target: `majority`, the faces with a majority label; `distribution`, every
+    face the votes give a distribution, as soft targets. Data without votes has majority labels only."""
+    if not data.votes:
+        if target == "distribution":
+            raise FerOptError(f"{data.source}: the distribution target needs vote counts; give FER+'s votes "
+                              "(fer2013new.csv) as the labels, or train with target: majority", flag="--labels")
+        return data
+    keep = data.votes["majority"] if target == "majority" else np.ones(len(data.labels["train"]), bool)
+    return dataclasses.replace(
+        data, images={**data.images, "train": data.images["train"][keep]},
+        labels={**data.labels, "train": data.labels["train"][keep]}, votes={},
+        soft=data.votes["distribution"][keep] if target == "distribution" else None)

@@ -24,7 +24,6 @@ from .data import CLASSES
 from .inference import pixels
 
 # The models a teacher can be named by; any other name is a checkpoint path.
-BUNDLED = {"fer2013": checkpoints.BUNDLED_MODEL}
 # Bump when the answers are computed differently, so that old cached answers are not reused.
 CACHE_VERSION = 1
 # The image and its mirror: the teacher's answer then does not depend on which way a face looks, as the
@@ -45,30 +44,24 @@ class Teacher:
 
 
 def teacher_path(name: str) -> Path:
-    if name in BUNDLED:
-        return BUNDLED[name]
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise FerOptError(f"teacher {name!r}: no such model file; give a bundled model's name "
-                          f"({', '.join(BUNDLED)}) or the path of a checkpoint")
-    return path
+    return checkpoints.model_file(name, "teacher")
 
 
 def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool, cache_dir: Path,
-                 log: Callable[[str], None] | None = print) -> Teacher:
+                 log: Callable[[str], None] | None = print, classes: tuple[str, ...] = CLASSES) -> Teacher:
     """The teacher's answers for uint8 (N, 48, 48) train images: from the cache (in `cache_dir`), or computed and cached."""
     path = teacher_path(name)
     ckpt = checkpoints.read_checkpoint(path)
-    classes = list(ckpt.get("classes", []))
-    if classes != list(CLASSES):
-        raise FerOptError(f"teacher {name}: its classes ({', '.join(map(str, classes))}) are not the student's "
-                          f"({', '.join(CLASSES)}); give a teacher trained on the same classes")
+    have = checkpoints.checkpoint_classes(ckpt)
+    if have != tuple(classes):
+        raise FerOptError(f"teacher {name}: its classes ({', '.join(have)}) are not the student's "
+                          f"({', '.join(classes)}); give a teacher trained on the same classes")
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     key = hashlib.sha256(f"v{CACHE_VERSION} views={VIEWS} bf16={bf16} {sha256}\n".encode())
     key.update(np.ascontiguousarray(images).data)
     target = cache_dir / "teachers" / f"{key.hexdigest()[:32]}.pt"
-    cached = _read_cache(target, len(images))
+    cached = _read_cache(target, (len(images), len(classes)))
     if cached is not None:
         logits, seconds = cached
         if log is not None:
@@ -89,13 +82,13 @@ def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool
     return Teacher(name, sha256, logits)
 
 
-def _read_cache(target: Path, n: int) -> tuple[np.ndarray, float] | None:
+def _read_cache(target: Path, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
     try:
         saved = torch.load(target, map_location="cpu", weights_only=True)
         logits, seconds = saved["logits"].numpy(), float(saved["seconds"])
     except Exception:  # missing or damaged: computed again
         return None
-    return (logits, seconds) if logits.shape == (n, len(CLASSES)) else None
+    return (logits, seconds) if logits.shape == shape else None
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ class DeviceSplit:
     labels: torch.Tensor  # int64 (N,)
     degraded: torch.Tensor | None = None  # uint8 (N, 1, 48, 48): augment.degraded_copies of images
     teacher: torch.Tensor | None = None  # float32 (N, classes): a teacher's logits for the images (distill.py)
+    soft: torch.Tensor | None = None  # float32 (N, classes): soft targets (FER+ vote distributions) for the loss
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,20 +55,20 @@ def pixels(images: np.ndarray, device: torch.device, pipeline: PixelPipeline = P
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device, limit: int = 0, seed: int = 0,
               pipeline: PixelPipeline = PixelPipeline(), degraded: bool = False,
-              teacher: np.ndarray | None = None) -> DeviceSplit:
+              teacher: np.ndarray | None = None, soft: np.ndarray | None = None) -> DeviceSplit:
     if limit and limit < len(labels):
         keep = stratified_indices(labels, limit / len(labels), seed)
         images, labels = images[keep], labels[keep]
-        teacher = teacher[keep] if teacher is not None else None
+        teacher, soft = (a[keep] if a is not None else None for a in (teacher, soft))
     copies = pixels(augment.degraded_copies(images, seed), device, pipeline) if degraded else None
-    soft = torch.from_numpy(teacher).to(device) if teacher is not None else None
-    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies, soft)
+    teacher, soft = (torch.from_numpy(a).to(device) if a is not None else None for a in (teacher, soft))
+    return DeviceSplit(pixels(images, device, pipeline), torch.from_numpy(labels).to(device), copies, teacher, soft)
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: torch.Tensor, bf16: bool, tta: bool = False, tta_crop: int = 48,
                   batch_size: int = 1024) -> torch.Tensor:
-    """Class probabilities (N, 7) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
+    """Class probabilities (N, classes) for uint8 images (N, 1, 48, 48); TTA views follow the training crop."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -97,7 +98,9 @@ def val_accuracy(model_file: Path | dict, data: FerData, device: torch.device, t
     `as_trained`: on the val images its run selected on (its config's val_subset), not the whole split."""
     ckpt = checkpoints.read_checkpoint(model_file) if isinstance(model_file, Path) else model_file
     model, cfg = checkpoints.model_from_checkpoint(ckpt, device)
+    classes = checkpoints.require_classes(ckpt, data.classes, str(model_file) if isinstance(model_file, Path) else "the model",
+                                          data.source)
     limit = cfg.val_subset if as_trained else 0
     split = to_device(*data.split("val"), device, limit, cfg.seed, cfg.pixels)
     _, acc, probs = evaluate(model, split, bf16, tta, cfg.crop)
-    return acc, metrics.report(split.labels.cpu().numpy(), probs.argmax(1).cpu().numpy())
+    return acc, metrics.report(split.labels.cpu().numpy(), probs.argmax(1).cpu().numpy(), classes)

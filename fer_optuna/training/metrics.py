@@ -9,14 +9,13 @@ import numpy as np
 from .data import CLASSES
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    k = len(CLASSES)
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
 
 
-def report(labels: np.ndarray, preds: np.ndarray) -> dict:
-    """accuracy (0-1), n, per-class precision/recall/F1/support, confusion matrix (rows: true)."""
-    cm = confusion_matrix(labels, preds)
+def report(labels: np.ndarray, preds: np.ndarray, classes: tuple[str, ...] = CLASSES) -> dict:
+    """accuracy (0-1), n, per-class precision/recall/F1/support, confusion matrix (rows: true, in `classes` order)."""
+    cm = confusion_matrix(labels, preds, len(classes))
     tp = np.diag(cm).astype(float)
     precision = np.divide(tp, cm.sum(0), out=np.zeros_like(tp), where=cm.sum(0) > 0)
     recall = np.divide(tp, cm.sum(1), out=np.zeros_like(tp), where=cm.sum(1) > 0)
@@ -27,7 +26,7 @@ def report(labels: np.ndarray, preds: np.ndarray) -> dict:
         "per_class": {
             c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                 "support": int(cm[i].sum())}
-            for i, c in enumerate(CLASSES)
+            for i, c in enumerate(classes)
         },
         "macro_f1": float(f1.mean()),
         "confusion_matrix": cm.tolist(),
@@ -39,9 +38,10 @@ def format_report(rep: dict) -> str:
              f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for c, m in rep["per_class"].items():
         lines.append(f"{c:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>10d}")
+    classes = list(rep["per_class"])
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * 10 + "".join(f"{c[:8]:>9}" for c in CLASSES)]
-    for c, row in zip(CLASSES, rep["confusion_matrix"]):
+              " " * 10 + "".join(f"{c[:8]:>9}" for c in classes)]
+    for c, row in zip(classes, rep["confusion_matrix"]):
         lines.append(f"{c:<10}" + "".join(f"{v:>9d}" for v in row))
     return "\n".join(lines)
 
@@ -54,12 +54,13 @@ def plot_confusion(rep: dict, path: str | Path, title: str = "") -> None:
     fig = Figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    classes = list(rep["per_class"])
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(len(CLASSES)):
-        for j in range(len(CLASSES)):
+    for i in range(len(classes)):
+        for j in range(len(classes)):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     ax.set_title(title or f"accuracy {rep['accuracy']:.3f} (n={rep['n']})")
     fig.colorbar(im, ax=ax, fraction=0.046)

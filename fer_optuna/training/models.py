@@ -1,4 +1,5 @@
-"""The model registry: every network takes a (N, 1, 48, 48) float batch and gives 7 logits.
+"""The model registry: every network takes a (N, 1, 48, 48) float batch and gives one logit per class
+(FER2013's seven by default; the data's classes size the head).
 
 `mlp`, `cnn_small` and `cnn3` are the original experiments 1-3; `vgg` and
 `resnet18` are the families that reach the state of the art from scratch.
@@ -10,9 +11,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-
-N_CLASSES = 7
-
 
 class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn as random bytes.
@@ -50,42 +48,42 @@ def _conv_bn_pool(cin: int, cout: int) -> list[nn.Module]:
     return [conv, bn, nn.MaxPool2d(2), relu]
 
 
-def _head(features: int, hidden_dim: int, dropout: float) -> nn.Sequential:
+def _head(features: int, hidden_dim: int, dropout: float, n_classes: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Flatten(), Dropout(dropout), nn.Linear(features, hidden_dim), nn.ReLU(inplace=True),
-        Dropout(dropout), nn.Linear(hidden_dim, N_CLASSES),
+        Dropout(dropout), nn.Linear(hidden_dim, n_classes),
     )
 
 
-def mlp(dropout: float, hidden_dim: int, width: float) -> nn.Module:
-    """Experiment 1: flatten 2304 -> hidden (64 in the original) -> ReLU -> 7."""
+def mlp(dropout: float, hidden_dim: int, width: float, n_classes: int) -> nn.Module:
+    """Experiment 1: flatten 2304 -> hidden (64 in the original) -> ReLU -> classes."""
     return nn.Sequential(
         nn.Flatten(), nn.Linear(48 * 48, hidden_dim), nn.ReLU(inplace=True), Dropout(dropout),
-        nn.Linear(hidden_dim, N_CLASSES),
+        nn.Linear(hidden_dim, n_classes),
     )
 
 
-def cnn_small(dropout: float, hidden_dim: int, width: float) -> nn.Module:
+def cnn_small(dropout: float, hidden_dim: int, width: float, n_classes: int) -> nn.Module:
     """Experiment 2: two conv-BN-ReLU-maxpool blocks (32, 64 channels), dropout, a small FC head."""
     return nn.Sequential(
         *_conv_bn_pool(1, 32), *_conv_bn_pool(32, 64), Dropout(dropout),
         nn.Flatten(), nn.Linear(64 * 12 * 12, hidden_dim), nn.ReLU(inplace=True), Dropout(dropout),
-        nn.Linear(hidden_dim, N_CLASSES),
+        nn.Linear(hidden_dim, n_classes),
     )
 
 
-def cnn3(dropout: float, hidden_dim: int, width: float) -> nn.Module:
-    """Experiment 3: three conv-BN-ReLU-maxpool-dropout blocks (32/64/128), FC -> hidden -> 7."""
+def cnn3(dropout: float, hidden_dim: int, width: float, n_classes: int) -> nn.Module:
+    """Experiment 3: three conv-BN-ReLU-maxpool-dropout blocks (32/64/128), FC -> hidden -> classes."""
     blocks: list[nn.Module] = []
     for cin, cout in ((1, 32), (32, 64), (64, 128)):
         blocks += [*_conv_bn_pool(cin, cout), Dropout(dropout)]
     return nn.Sequential(
         *blocks, nn.Flatten(), nn.Linear(128 * 6 * 6, hidden_dim), nn.ReLU(inplace=True),
-        Dropout(dropout), nn.Linear(hidden_dim, N_CLASSES),
+        Dropout(dropout), nn.Linear(hidden_dim, n_classes),
     )
 
 
-def vgg(dropout: float, hidden_dim: int, width: float) -> nn.Module:
+def vgg(dropout: float, hidden_dim: int, width: float, n_classes: int) -> nn.Module:
     """VGG-style: 4 stages of two 3x3 conv-BN-ReLU and a max-pool (64->512 x width), then an FC head."""
     widths = [max(8, round(c * width)) for c in (64, 128, 256, 512)]
     layers: list[nn.Module] = []
@@ -93,7 +91,7 @@ def vgg(dropout: float, hidden_dim: int, width: float) -> nn.Module:
     for c in widths:
         layers += [*_conv_bn(cin, c), *_conv_bn_pool(c, c)]
         cin = c
-    return nn.Sequential(*layers, _head(cin * 3 * 3, hidden_dim, dropout))
+    return nn.Sequential(*layers, _head(cin * 3 * 3, hidden_dim, dropout, n_classes))
 
 
 class BasicBlock(nn.Module):
@@ -112,7 +110,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.skip(x))
 
 
-def resnet18(dropout: float, hidden_dim: int, width: float) -> nn.Module:
+def resnet18(dropout: float, hidden_dim: int, width: float, n_classes: int) -> nn.Module:
     """ResNet-18 for 48x48 grayscale: a 3x3 stem, no early max-pool, 4 stages of 2 blocks."""
     widths = [max(8, round(c * width)) for c in (64, 128, 256, 512)]
     layers: list[nn.Module] = [*_conv_bn(1, widths[0])]
@@ -120,17 +118,17 @@ def resnet18(dropout: float, hidden_dim: int, width: float) -> nn.Module:
     for i, c in enumerate(widths):
         layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
         cin = c
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), _head(cin, hidden_dim, dropout))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), _head(cin, hidden_dim, dropout, n_classes))
 
 
-MODELS: dict[str, Callable[[float, int, float], nn.Module]] = {
+MODELS: dict[str, Callable[[float, int, float, int], nn.Module]] = {
     "mlp": mlp, "cnn_small": cnn_small, "cnn3": cnn3, "vgg": vgg, "resnet18": resnet18,
 }
 
 
-def build_model(name: str, dropout: float, hidden_dim: int, width: float = 1.0) -> nn.Module:
+def build_model(name: str, dropout: float, hidden_dim: int, width: float = 1.0, n_classes: int = 7) -> nn.Module:
     assert name in MODELS, name  # TrainConfig validates the name
-    return MODELS[name](dropout, hidden_dim, width)
+    return MODELS[name](dropout, hidden_dim, width, n_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -56,7 +56,7 @@ def export_onnx(ckpt: dict, out: Path) -> TrainConfig:
 
     model, cfg = checkpoints.model_from_checkpoint(ckpt, torch.device("cpu"))
     graph = onnx.load_from_string(onnx_bytes(model, cfg))
-    for key, value in (("fer_optuna.classes", json.dumps(list(CLASSES))), ("fer_optuna.config", json.dumps(cfg.to_dict())),
+    for key, value in (("fer_optuna.classes", json.dumps(list(checkpoints.checkpoint_classes(ckpt)))), ("fer_optuna.config", json.dumps(cfg.to_dict())),
                        ("fer_optuna.meta", json.dumps(ckpt.get("meta", {}), default=str))):
         graph.metadata_props.add(key=key, value=value)
     with PartialFile(out) as tmp:
@@ -84,9 +84,14 @@ class Classifier:
             if [i.name for i in self.session.get_inputs()] != ["pixels"]:
                 raise FerOptError(f"{path}: not a fer-optuna ONNX model (expected one input named 'pixels')")
             self.name = "onnx"
+            meta = self.session.get_modelmeta().custom_metadata_map
+            # A graph exported before the classes were written there is FER2013's.
+            self.classes = tuple(json.loads(meta["fer_optuna.classes"])) if "fer_optuna.classes" in meta else CLASSES
         else:
             self.device = trainer.resolve_device(device)
-            self.model, self.cfg = checkpoints.model_from_checkpoint(checkpoints.read_checkpoint(self.path), self.device)
+            ckpt = checkpoints.read_checkpoint(self.path)
+            self.model, self.cfg = checkpoints.model_from_checkpoint(ckpt, self.device)
+            self.classes = checkpoints.checkpoint_classes(ckpt)
             self.name = self.cfg.model
 
     def probs(self, crops: np.ndarray, tta: bool = False) -> np.ndarray:

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from .data import CLASSES, SPLITS, FerData
+from .data import SPLITS, FerData
 
 
 def _pixel_groups(data: FerData) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -69,18 +69,19 @@ def clean(data: FerData, drop_blank: bool, drop_cross_split: bool) -> FerData:
         notes.append(f"dropped {int(leaked.sum())} train images that also appear in {', '.join(splits[1:])}")
     return dataclasses.replace(
         data, images={**data.images, "train": data.images["train"][keep]},
-        labels={**data.labels, "train": data.labels["train"][keep]}, notes=data.notes + tuple(notes))
+        labels={**data.labels, "train": data.labels["train"][keep]}, notes=data.notes + tuple(notes),
+        soft=data.soft[keep] if data.soft is not None else None)
 
 
 def inspect(data: FerData) -> dict:
     """Counts per split and class, the quality checks, the source's notes and where its cache lives."""
-    return {"source": data.source, "classes": list(CLASSES),
+    return {"source": data.source, "classes": list(data.classes),
             "counts": {s: row.tolist() for s, row in data.counts().items()}, **quality(data),
             "notes": list(data.notes), "cache": data.cache_file or None}
 
 
 def format_inspect(report: dict) -> str:
-    lines = [f"{'split':<8}" + "".join(f"{c:>10}" for c in CLASSES) + f"{'total':>10}"]
+    lines = [f"{'split':<8}" + "".join(f"{c:>10}" for c in report["classes"]) + f"{'total':>10}"]
     for split, row in report["counts"].items():
         lines.append(f"{split:<8}" + "".join(f"{v:>10d}" for v in row) + f"{sum(row):>10d}")
     lines.append("blank images (one value): " + ", ".join(f"{s} {n}" for s, n in report["blank"].items()))

@@ -25,7 +25,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import Settings
 from . import augment, checkpoints, distill
 from .config import TrainConfig
-from .data import CLASSES, FerData
+from .data import FerData, for_target
 from .inference import DeviceSplit, evaluate, to_device
 from .models import build_model, count_parameters
 from .quality import clean
@@ -131,11 +131,11 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch
     return None, False
 
 
-def class_weights(cfg: TrainConfig, labels: torch.Tensor) -> torch.Tensor | None:
+def class_weights(cfg: TrainConfig, labels: torch.Tensor, n_classes: int) -> torch.Tensor | None:
     if cfg.class_weights == "none":
         return None
-    counts = torch.bincount(labels, minlength=len(CLASSES)).float().clamp(min=1)
-    weights = counts.sum() / (len(CLASSES) * counts)
+    counts = torch.bincount(labels, minlength=n_classes).float().clamp(min=1)
+    weights = counts.sum() / (n_classes * counts)
     return weights / weights.mean()
 
 
@@ -252,10 +252,12 @@ def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tup
         if train.degraded is not None:
             x_u8 = augment.pick_degraded(x_u8, train.degraded[idx], cfg.degrade, run.gen)
         y = train.labels[idx]
+        target = train.soft[idx] if train.soft is not None else y  # cross-entropy takes either
         x, perm, lam = _mix(augment.augment(x_u8, cfg, run.gen), len(y), cfg, run)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.bf16):
             out = model(x)
-            loss = run.loss_fn(out, y) if lam == 1.0 else lam * run.loss_fn(out, y) + (1 - lam) * run.loss_fn(out, y[perm])
+            loss = (run.loss_fn(out, target) if lam == 1.0
+                    else lam * run.loss_fn(out, target) + (1 - lam) * run.loss_fn(out, target[perm]))
             if train.teacher is not None:
                 # The teacher answered for the image before augmentation (and its mirror), not for this
                 # view of it: a flip, a 10-degree turn or a small crop keeps the expression, so the clean
@@ -296,12 +298,17 @@ def _progress(enabled: bool | None, total: int, epoch: int, epochs: int):
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="img", leave=False, dynamic_ncols=True)
 
 
-def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
-    ckpt = checkpoints.read_checkpoint(cfg.init)
+def _load_init(model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...]) -> None:
+    """The init checkpoint's weights; for other classes than the data's, a new head with the shared classes' rows."""
+    ckpt = checkpoints.read_checkpoint(checkpoints.model_file(cfg.init, "init"))
     if ckpt.get("kind") != "model":
         raise FerOptError(f"init {cfg.init}: an ensemble cannot start a run; give a single model's checkpoint")
+    state = ckpt["state_dict"]
+    if checkpoints.checkpoint_classes(ckpt) != classes:
+        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        state = checkpoints.carry_head(state, head, model.state_dict(), checkpoints.checkpoint_classes(ckpt), classes)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError:
         raise FerOptError(f"init {cfg.init}: its weights do not fit {cfg.model} (width {cfg.width}, hidden_dim "
                           f"{cfg.hidden_dim}); the config must have the checkpoint's model, width and hidden_dim") from None
@@ -317,16 +324,18 @@ def data_key(data: FerData) -> str:
     return digest.hexdigest()
 
 
-def _start(cfg: TrainConfig, train_split: DeviceSplit, device: torch.device, cpu_bf16: bool | None) -> tuple[Run, int]:
+def _start(cfg: TrainConfig, train_split: DeviceSplit, classes: tuple[str, ...], device: torch.device,
+           cpu_bf16: bool | None) -> tuple[Run, int]:
     """A fresh run: (its moving parts, optimizer steps per epoch)."""
-    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+    n_classes = len(classes)
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
     if cfg.init:
-        _load_init(model, cfg)
+        _load_init(model, cfg, classes)
     model = model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
     sched, per_step = make_scheduler(cfg, opt, steps)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels), label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels, n_classes), label_smoothing=cfg.label_smoothing)
     run = Run(model, opt, sched, per_step, EMA(model, cfg.ema) if cfg.ema > 0 else None,
               torch.Generator(device).manual_seed(cfg.seed), np.random.default_rng(cfg.seed), loss_fn,
               use_bf16(cfg.precision, device, cpu_bf16))
@@ -347,16 +356,17 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     """
     device = device or resolve_device()
     settings = settings or Settings()
-    data = clean(data, cfg.drop_blank, cfg.drop_cross_split)
+    data = clean(for_target(data, cfg.target), cfg.drop_blank, cfg.drop_cross_split)
     teacher = None
     if cfg.teacher:  # before seeding: building the teacher draws from torch's generator
         teacher = distill.load_teacher(cfg.teacher, data.split("train")[0], device,
-                                       use_bf16(cfg.precision, device, settings.cpu_bf16), settings.data.cache_dir, log)
+                                       use_bf16(cfg.precision, device, settings.cpu_bf16), settings.data.cache_dir, log,
+                                       data.classes)
     torch.manual_seed(cfg.seed)
     train_split = to_device(*data.split("train"), device, cfg.train_subset, cfg.seed, cfg.pixels, cfg.degrade > 0,
-                            teacher.logits if teacher is not None else None)
+                            teacher.logits if teacher is not None else None, data.soft)
     val_split = to_device(*data.split("val"), device, cfg.val_subset, cfg.seed, cfg.pixels)
-    run, steps = _start(cfg, train_split, device, settings.cpu_bf16)
+    run, steps = _start(cfg, train_split, data.classes, device, settings.cpu_bf16)
     result = TrainResult(best_val_acc=-1.0, best_epoch=0, epochs_run=0, seconds=0.0, n_params=count_parameters(run.model))
     key = (data_key(data) + (teacher.sha256 if teacher is not None else "")) if state is not None else ""
     if state is not None and Path(state).exists():
@@ -388,7 +398,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch = val_acc, epoch
             if checkpoint is not None:
-                checkpoints.save_checkpoint(checkpoint, run.scored, cfg, val_accuracy=val_acc, epoch=epoch,
+                checkpoints.save_checkpoint(checkpoint, run.scored, cfg, data.classes, val_accuracy=val_acc, epoch=epoch,
                                             source=data.source, **({"teacher": teacher.provenance} if teacher else {}))
         if state is not None:
             checkpoints.save_state(Path(state), cfg, key, run.state_dict(result))
