@@ -10,7 +10,6 @@ database: transient errors are retried with backoff (StoreOptions.artifact_retry
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import uuid

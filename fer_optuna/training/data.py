@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import re
 import zipfile
 from dataclasses import dataclass, field
