@@ -322,3 +322,21 @@ def test_the_shipped_model_predicts_out_of_the_box(tmp_path):
     Image.open(ROOT / "tests" / "photos" / "obama.jpg").crop((x, y, x + w, y + h)).save(face)
     [pred] = json.loads(fer_opt("predict", "--model", path, face, "--json", "--no-detect").stdout)["faces"]
     assert pred["emotion"] == "Happy" and pred["probabilities"]["Happy"] > 0.8
+
+
+def test_freeze_keeps_the_first_layers_and_their_batchnorm_statistics(tmp_path):
+    start = tmp_path / "start.pt"
+    checkpoints.save_checkpoint(start, build_model("cnn_small", 0.3, 64), TrainConfig(model="cnn_small", hidden_dim=64))
+    cfg = TrainConfig(model="cnn_small", hidden_dim=64, epochs=1, batch_size=32, lr=1e-2, init=str(start), freeze=1)
+    trainer.train(cfg, _tiny_data(), device=torch.device("cpu"), checkpoint=tmp_path / "out.pt", log=None)
+    before = checkpoints.read_checkpoint(start)["state_dict"]
+    after = checkpoints.read_checkpoint(tmp_path / "out.pt")["state_dict"]
+    # cnn_small: 0 conv, 1 BatchNorm (frozen); 4 conv, 5 BatchNorm, then the head (trained).
+    for key in ("0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var"):
+        assert torch.equal(before[key], after[key]), key
+    for key in ("4.weight", "5.weight", "5.running_mean", "5.running_var", "13.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    with pytest.raises(FerOptError, match="freeze' is 3, but cnn_small has 2 conv layers; give 0"):
+        trainer.train(cfg.replace(freeze=3), _tiny_data(), device=torch.device("cpu"), log=None)
+    with pytest.raises(FerOptError, match="freeze' is -1"):
+        TrainConfig(freeze=-1)

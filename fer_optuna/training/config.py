@@ -77,6 +77,9 @@ class TrainConfig:
     # A checkpoint whose weights start this run (fine-tuning): a bundled model's name (fer2013) or a path;
     # "" = random init. With other classes than the data's, the head is new but for the shared classes' rows.
     init: str = ""
+    # Fine-tuning: the first `freeze` conv layers (each with its BatchNorm, held in eval mode) keep the init
+    # checkpoint's weights; 0 = nothing frozen. The vgg family has 8, cnn3 3 (freeze.py).
+    freeze: int = 0
     # Knowledge distillation (distill.py): a bundled model's name (fer2013) or a checkpoint path;
     # "" = none. The loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at T.
     teacher: str = ""
@@ -109,6 +112,7 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema", "in [0, 1)"),
             (0 <= self.distill_alpha <= 1, "distill_alpha", "in [0, 1]"),
             (self.distill_temperature > 0, "distill_temperature", "positive"),
+            (self.freeze >= 0, "freeze", "0 (nothing frozen) or the number of leading conv layers to freeze"),
             (self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}"),
         ]
         for ok, name, expected in checks:

@@ -23,7 +23,7 @@ from torch import nn
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import Settings
-from . import augment, checkpoints, distill
+from . import augment, checkpoints, distill, freeze
 from .config import TrainConfig
 from .data import FerData, for_target
 from .inference import DeviceSplit, evaluate, to_device
@@ -105,7 +105,7 @@ def cpu_has_native_bf16() -> bool:
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (freeze.py) stay out
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay, **fast)
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -196,6 +196,7 @@ class Run:
     rng: np.random.Generator  # mixup/CutMix draws, on the host
     loss_fn: nn.Module
     bf16: bool
+    frozen: list[nn.Module] = field(default_factory=list)  # BatchNorms held in eval mode (freeze.py)
 
     @property
     def scored(self) -> nn.Module:
@@ -243,6 +244,7 @@ def _mix(x: torch.Tensor, n: int, cfg: TrainConfig, run: Run) -> tuple[torch.Ten
 def train_epoch(run: Run, train: DeviceSplit, cfg: TrainConfig, bar=None) -> tuple[float, float]:
     """One pass over the train split; (mean loss, accuracy)."""
     model = run.model.train()
+    freeze.hold(run.frozen)
     dev = train.images.device
     total_loss = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
@@ -331,6 +333,7 @@ def _start(cfg: TrainConfig, train_split: DeviceSplit, classes: tuple[str, ...],
     model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
     if cfg.init:
         _load_init(model, cfg, classes)
+    frozen = freeze.freeze(model, cfg.freeze, cfg.model)
     model = model.to(device, memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model, device)
     steps = len(train_split) // min(cfg.batch_size, len(train_split))  # _batches drops the partial batch
@@ -338,7 +341,7 @@ def _start(cfg: TrainConfig, train_split: DeviceSplit, classes: tuple[str, ...],
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(cfg, train_split.labels, n_classes), label_smoothing=cfg.label_smoothing)
     run = Run(model, opt, sched, per_step, EMA(model, cfg.ema) if cfg.ema > 0 else None,
               torch.Generator(device).manual_seed(cfg.seed), np.random.default_rng(cfg.seed), loss_fn,
-              use_bf16(cfg.precision, device, cpu_bf16))
+              use_bf16(cfg.precision, device, cpu_bf16), frozen)
     return run, steps
 
 
