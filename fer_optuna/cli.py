@@ -140,7 +140,7 @@ def train(settings, config_path, data_path, out, device, model, epochs, batch_si
 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="A checkpoint from `train`, or an ensemble [default: the bundled model].")
+              help="A bundled model's name (fer2013, ferplus), a checkpoint from `train`, or an ensemble [default: fer2013].")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path), envvar="FER_OPT_DATA", help=DATA_HELP)
 @click.option("--labels", type=click.Path(path_type=Path), help=LABELS_HELP)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="val is PublicTest, test is PrivateTest.")
@@ -169,7 +169,8 @@ def evaluate(settings, model_path, data_path, labels, split, as_json, plot, tta,
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="PHOTOS_OR_VIDEOS...")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="A checkpoint from `train` or `export --model`, an ensemble, or an .onnx file [default: the bundled model].")
+              help="A bundled model's name (fer2013, ferplus), a checkpoint from `train` or `export --model`, an ensemble, "
+                   "or an .onnx file [default: fer2013].")
 @click.option("--detector", type=click.Choice(["mtcnn", "yunet", "haar"]), default="mtcnn",
               help="Face detector: mtcnn finds the most faces with the fewest false boxes; yunet is faster and misses "
                    "more small faces; haar (OpenCV's cascade) for comparison.")
@@ -312,7 +313,7 @@ def status(settings, study_name, storage, as_json) -> None:
 @click.option("--onnx", "onnx_out", type=click.Path(path_type=Path),
               help="Write the model as ONNX (pixel pipeline inside, any batch size): the best trial's, or --checkpoint's.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Convert this model file instead (with --onnx, or --model and --fp16); no study needed.")
+              help="Convert this model file (or bundled model, by name) instead (with --onnx, or --model and --fp16); no study needed.")
 @click.option("--fp16", is_flag=True, help="With --model: store the weights in fp16, half the file (they load as fp32).")
 @click.option("--pick", "rule", metavar="RULE",
               help="Export the most accurate trial that keeps to RULE instead, e.g. 'latency_ms<=3' or "

@@ -73,10 +73,10 @@ def train(config: Path | None, data_path: str | Path, *, out: Path = Path("model
 def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "val", tta: bool = False, device: str = "auto",
              precision: str = "fp32", plot: Path | None = None,
              options: DataOptions | None = None, labels: str | Path | None = None) -> tuple[dict, str]:
-    """`fer-opt evaluate`: a model file's (else the bundled model's) report on a split (metrics.report, and
+    """`fer-opt evaluate`: a model file's or a bundled model's (by name; default fer2013) report on a split (metrics.report, and
     what was scored), and its architecture; `plot` gets the confusion matrix as a PNG."""
     dev = trainer.resolve_device(device)
-    model_path = Path(model_path or checkpoints.BUNDLED_MODEL)
+    model_path = checkpoints.model_file(model_path, "--model")
     ckpt = checkpoints.read_checkpoint(model_path)
     model, cfg = checkpoints.model_from_checkpoint(ckpt, dev)
     loaded = fer_data.for_target(fer_data.load(data_path, options=options, labels=labels), "majority")

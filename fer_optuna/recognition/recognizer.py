@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_optuna.errors import FerOptError
-from fer_optuna.training.checkpoints import BUNDLED_MODEL
+from fer_optuna.training.checkpoints import model_file
 from fer_optuna.training.data import SIDE
 from . import detectors, faces
 from .detectors import DEFAULT_DETECTOR, Detection
@@ -54,7 +54,8 @@ class VideoFrame:
 class Recognizer:
     """A FER model and a face detector, loaded once.
 
-    model: a checkpoint (.pt, also an ensemble) or an .onnx file [default: the bundled model].
+    model: a bundled model's name (fer2013, ferplus: docs/model.md), a checkpoint (.pt, also an ensemble) or an
+    .onnx file [default: fer2013].
     detector: mtcnn (the default), yunet or haar; see fer_optuna.recognition.detectors.
     min_face: look for faces down to this many pixels across [default: the detector's own limit,
     which grows with the photo: see smallest_face]; below it a photo is looked at upscaled.
@@ -66,7 +67,7 @@ class Recognizer:
                  precision: str | None = None, tta: bool = False, min_face: int | None = None):
         from fer_optuna.training.portable import Classifier
 
-        self.model_path = Path(model) if model else BUNDLED_MODEL
+        self.model_path = model_file(model, "model")
         self.classifier = Classifier(self.model_path, device, precision)
         self.classes = self.classifier.classes  # the model's class names, in its outputs' order
         self.detector_name = detector

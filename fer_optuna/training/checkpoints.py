@@ -21,17 +21,23 @@ from .files import PartialFile
 from .models import build_model
 
 CHECKPOINT_FORMAT = "fer-optuna/1"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 # The model that ships inside the package: `predict`, `evaluate` and `Recognizer()` use it when given none.
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "weights" / "fer2013-best.pt"
-BUNDLED = {"fer2013": BUNDLED_MODEL}  # the names `init:` and `teacher:` take for the models that ship
+BUNDLED_MODEL = WEIGHTS / "fer2013-best.pt"
+# The models that ship, by the names `--model`, `Recognizer(model=)`, `init:` and `teacher:` take (docs/model.md):
+# FER2013's seven classes, and the FER+ fine-tune of it with FER+'s eight.
+BUNDLED = {"fer2013": BUNDLED_MODEL, "ferplus": WEIGHTS / "ferplus-best.pt"}
 # FER+ names its emotions as nouns, FER2013 as adjectives: the same class under either name carries over.
 SAME_CLASS = {"happiness": "happy", "sadness": "sad", "anger": "angry"}
 
 
-def model_file(name: str, role: str) -> Path:
-    """A bundled model's file by its name, or a checkpoint's path; `role` (init, teacher) names the field."""
-    if name in BUNDLED:
-        return BUNDLED[name]
+def model_file(name: str | Path | None, role: str) -> Path:
+    """A bundled model's file by its name, or a checkpoint's path (None: the default bundled model); `role`
+    (init, teacher, --model) names the field."""
+    if name is None or str(name) == "":
+        return BUNDLED_MODEL
+    if str(name) in BUNDLED:
+        return BUNDLED[str(name)]
     path = Path(name).expanduser()
     if not path.is_file():
         raise FerOptError(f"{role} {name!r}: no such model file; give a bundled model's name "
