@@ -40,7 +40,7 @@ def model_file(name: str | Path | None, role: str) -> Path:
         return BUNDLED[str(name)]
     path = Path(name).expanduser()
     if not path.is_file():
-        raise FerOptError(f"{role} {name!r}: no such model file; give a bundled model's name "
+        raise FerOptError(f"{role} {str(name)!r}: no such model file; give a bundled model's name "
                           f"({', '.join(BUNDLED)}) or the path of a checkpoint")
     return path
 

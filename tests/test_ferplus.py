@@ -1,0 +1,82 @@
+"""The bundled FER+ model (fer_optuna/weights/ferplus-best.pt), by name, on real FER+ PublicTest faces."""
+
+import io
+import json
+import lzma
+
+import numpy as np
+import pytest
+
+from conftest import FULL_NPZ, SHARED, fer_opt, write_csv
+from fer_optuna.errors import FerOptError
+from fer_optuna.recognition.recognizer import Recognizer
+from fer_optuna.training import checkpoints, votes
+
+FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+
+
+@pytest.fixture(scope="module")
+def public_faces() -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The first 40 PublicTest faces that have a FER+ majority label: (pixels, their vote rows, majority labels)."""
+    arrays = np.load(io.BytesIO(lzma.open(FULL_NPZ).read()))
+    rows = (SHARED / "fer2013new.csv").read_text().splitlines()[1:]
+    public = np.flatnonzero(arrays["usage"] == "PublicTest")
+    counts = np.array([[int(c) for c in rows[i].split(",")[2:]] for i in public[:80]])
+    labels = votes.majority(counts)
+    keep = np.flatnonzero(labels >= 0)[:40]
+    return arrays["images"][public[keep]], [rows[public[i]] for i in keep], labels[keep]
+
+
+def test_the_ferplus_model_by_name_says_ferplus_classes_and_agrees_with_the_majority(public_faces):
+    images, _, labels = public_faces
+    recognizer = Recognizer(model="ferplus")
+    assert recognizer.classes == FERPLUS and recognizer.model_path == checkpoints.BUNDLED["ferplus"]
+    probs = recognizer.classify(images)
+    assert probs.shape == (40, 8) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    agree = (probs.argmax(1) == labels).mean()
+    assert agree >= 0.75, f"agrees with FER+'s majority on {agree:.0%} of 40 PublicTest faces"
+    [face] = recognizer.faces(images[0])
+    assert list(face.probabilities) == list(FERPLUS) and face.emotion == FERPLUS[probs[0].argmax()]
+    ckpt = checkpoints.read_checkpoint(checkpoints.BUNDLED["ferplus"])
+    origin = ckpt["meta"]["provenance"]
+    assert origin["study"] == "ferplus-finetune" and "fer-opt run --study-file ferplus-finetune" in origin["command"]
+    assert ckpt["config"]["init"] == "fer2013" and "trial" in origin
+
+
+def test_evaluate_takes_a_bundled_name_on_the_val_and_test_splits(public_faces, tmp_path):
+    images, vote_rows, labels = public_faces
+    # The same real faces as PublicTest and, relabelled, as PrivateTest (the shared data holds none of its own).
+    pixels, lines = [], []
+    for usage in ("PublicTest", "PrivateTest"):
+        for img, row, y in zip(images[:12], vote_rows[:12], labels[:12]):
+            pixels.append(f"{y % 7},{' '.join(map(str, img.ravel()))},{usage}")
+            lines.append(usage + row[row.index(","):])
+    data = write_csv(tmp_path / "fer2013.csv", pixels)
+    (tmp_path / "fer2013new.csv").write_text("\n".join([HEADER, *lines]) + "\n")
+    for split in ("val", "test"):
+        rep = json.loads(fer_opt("evaluate", "--model", "ferplus", "--data", data, "--labels",
+                                 tmp_path / "fer2013new.csv", "--split", split, "--json").stdout)
+        assert rep["n"] == 12 and rep["accuracy"] >= 0.5 and list(rep["per_class"]) == list(FERPLUS)
+
+
+def test_an_unknown_bundled_name_is_one_line_and_exit_2(tmp_path):
+    said = fer_opt("evaluate", "--model", "ferplsu", "--data", tmp_path / "x.csv", check=False)
+    assert said.returncode == 2 and "Traceback" not in said.stderr
+    assert said.stderr.strip().splitlines() == [
+        "error: --model 'ferplsu': no such model file; give a bundled model's name (fer2013, ferplus) or the path of "
+        "a checkpoint"]
+    with pytest.raises(FerOptError, match="model 'ferplsu': no such model file; give a bundled model's name"):
+        Recognizer(model="ferplsu")
+
+
+def test_the_finetune_study_starts_from_the_bundled_model_with_its_pixel_pipeline():
+    from fer_optuna.search import shipped, study
+
+    spec = study.load_spec(shipped.find("ferplus-finetune"))
+    teacher = checkpoints.read_checkpoint(checkpoints.BUNDLED_MODEL)["config"]
+    assert spec.train.init == "fer2013"
+    for name in ("model", "width", "hidden_dim", "equalize", "smooth", "crop"):  # else the weights see other pixels
+        assert getattr(spec.train, name) == teacher[name], name
+    assert {"lr", "epochs", "target", "label_smoothing", "freeze"} <= {p.name for p in spec.space}
+    assert dict(spec.final) == {"train_subset": 0, "val_subset": 0} and spec.enqueue[0]["freeze"] == 0
