@@ -32,9 +32,9 @@ def agreement(name: str, images: np.ndarray, labels: np.ndarray, classes: tuple[
     # Each of the model's outputs as the index of the data's class of that name (-1: none has it).
     theirs = [checkpoints.SAME_CLASS.get(c.lower(), c.lower()) for c in classes]
     to_data = np.array([theirs.index(c) if c in theirs else -1 for c in mine])
-    split = inference.to_device(images, labels, torch.device("cpu"), pipeline=cfg.pixels)
-    _, _, probs = inference.evaluate(model, split, False, tta, cfg.crop)
-    return float((to_data[probs.argmax(1).cpu().numpy()] == labels).mean())
+    x = inference.pixels(images, torch.device("cpu"), cfg.pixels)
+    probs = inference.predict_proba(model, x, False, tta, cfg.crop, batch_size=256)
+    return float((to_data[probs.argmax(1).numpy()] == labels).mean())
 
 
 def main() -> None:
