@@ -103,6 +103,11 @@ def test_savings_count_the_trials_stopped_and_the_epochs_they_did_not_run():
     s = pruners.savings(study, "pareto-median", epochs=3)
     assert s == {"pruner": "pareto-median", "trials": 3, "pruned": 2, "epochs_run": 6, "epochs_saved": 3}
     assert pruners.format_savings(s) == "pruner pareto-median: stopped 2 of 3 trials early; 6 epochs run, 3 saved (33%)"
+    # A study that searches epochs: a trial stopped at its last epoch saved nothing, whatever the study's default.
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"epochs": 2},
+                                              distributions={"epochs": optuna.distributions.CategoricalDistribution([1, 2])},
+                                              intermediate_values={1: 0.3, 2: 0.31}))
+    assert pruners.savings(study, "median", epochs=25)["epochs_saved"] == 24 + 23 + 0
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -143,13 +143,18 @@ def _epochs(trial: FrozenTrial) -> int:
     return max(trial.intermediate_values, default=0)
 
 
+def planned_epochs(trial: FrozenTrial, epochs: int) -> int:
+    """The epochs a trial was to run: its own, where the study searches `epochs`, else the study's."""
+    return int(trial.params.get("epochs", epochs))
+
+
 def savings(study: optuna.Study, pruner: str, epochs: int) -> dict[str, Any]:
-    """How many finished trials the pruner stopped, and the epochs that spared (each would have run `epochs`)."""
+    """How many finished trials the pruner stopped, and the epochs that spared (see planned_epochs)."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     pruned = [t for t in finished if t.state == TrialState.PRUNED]
     return {"pruner": pruner, "trials": len(finished), "pruned": len(pruned),
             "epochs_run": sum(_epochs(t) for t in finished),
-            "epochs_saved": sum(epochs - _epochs(t) for t in pruned)}
+            "epochs_saved": sum(planned_epochs(t, epochs) - _epochs(t) for t in pruned)}
 
 
 def format_savings(s: dict[str, Any]) -> str:

@@ -359,7 +359,7 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
                   for t in front(study)] if spec.multi_objective else None,
         "running": [
             {"number": t.number, "worker": t.user_attrs.get("worker"), "device": t.user_attrs.get("device"),
-             "epoch": t.user_attrs.get("epochs_run", 0), "epochs": spec.train.epochs}
+             "epoch": t.user_attrs.get("epochs_run", 0), "epochs": pruners.planned_epochs(t, spec.train.epochs)}
             for t in trials if t.state == TrialState.RUNNING
         ],
         "trials_per_hour": len(done) / hours if hours > 0 else None,
@@ -392,7 +392,7 @@ def comparison(study: optuna.Study, spec: StudySpec) -> dict[str, Any] | None:
                 "params": t.params}
 
     spent = sum(_epochs(t) for t in finished)
-    saved = sum(spec.train.epochs - _epochs(t) for t in pruned)
+    saved = sum(pruners.planned_epochs(t, spec.train.epochs) - _epochs(t) for t in pruned)
     return {"original": row(original), "best": row(best), "gain": best.values[0] - row(original)["val_accuracy"],
             "trials": len(finished), "pruned": len(pruned), "epochs_run": spent, "epochs_saved_by_pruning": saved,
             "epochs_without_pruning": spent + saved}
