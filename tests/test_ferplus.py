@@ -7,10 +7,11 @@ import lzma
 import numpy as np
 import pytest
 
-from conftest import FULL_NPZ, SHARED, fer_opt, write_csv
+from conftest import FULL_NPZ, ROOT, SHARED, fer_opt, write_csv
 from fer_optuna.errors import FerOptError
 from fer_optuna.recognition.recognizer import Recognizer
 from fer_optuna.training import checkpoints, votes
+from fer_optuna.training.config import load_config
 
 FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -41,7 +42,10 @@ def test_the_ferplus_model_by_name_says_ferplus_classes_and_agrees_with_the_majo
     ckpt = checkpoints.read_checkpoint(checkpoints.BUNDLED["ferplus"])
     origin = ckpt["meta"]["provenance"]
     assert origin["study"] == "ferplus-finetune" and "fer-opt run --study-file ferplus-finetune" in origin["command"]
-    assert ckpt["config"]["init"] == "fer2013" and "trial" in origin
+    assert ckpt["config"]["init"] == "fer2013" and origin["params"] == {k: ckpt["config"][k] for k in origin["params"]}
+    # Its recipe is the file beside the others, and made it.
+    assert (ROOT / origin["recipe"]).read_text() == ckpt["meta"]["recipe_text"]
+    assert load_config(ROOT / origin["recipe"]).to_dict() == {**ckpt["config"], "provenance": {}}
 
 
 def test_evaluate_takes_a_bundled_name_on_the_val_and_test_splits(public_faces, tmp_path):
