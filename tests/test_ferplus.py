@@ -1,8 +1,6 @@
 """The bundled FER+ model (fer_optuna/weights/ferplus-best.pt), by name, on real FER+ PublicTest faces."""
 
-import io
 import json
-import lzma
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from conftest import FULL_NPZ, ROOT, SHARED, fer_opt, write_csv
 from fer_optuna.errors import FerOptError
 from fer_optuna.recognition.recognizer import Recognizer
-from fer_optuna.training import checkpoints, votes
+from fer_optuna.training import checkpoints, data
 from fer_optuna.training.config import load_config
 
 FERPLUS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
@@ -18,19 +16,16 @@ HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear
 
 
 @pytest.fixture(scope="module")
-def public_faces() -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The first 40 PublicTest faces that have a FER+ majority label: (pixels, their vote rows, majority labels)."""
-    arrays = np.load(io.BytesIO(lzma.open(FULL_NPZ).read()))
-    rows = (SHARED / "fer2013new.csv").read_text().splitlines()[1:]
-    public = np.flatnonzero(arrays["usage"] == "PublicTest")
-    counts = np.array([[int(c) for c in rows[i].split(",")[2:]] for i in public[:80]])
-    labels = votes.majority(counts)
-    keep = np.flatnonzero(labels >= 0)[:40]
-    return arrays["images"][public[keep]], [rows[public[i]] for i in keep], labels[keep]
+def public_faces() -> tuple[np.ndarray, np.ndarray]:
+    """The first 40 PublicTest faces that have a FER+ majority label, and those labels."""
+    loaded = data.for_target(data.load(FULL_NPZ, labels=SHARED / "fer2013new.csv"), "majority")
+    assert loaded.classes == FERPLUS
+    images, labels = loaded.split("val")
+    return images[:40], labels[:40]
 
 
 def test_the_ferplus_model_by_name_says_ferplus_classes_and_agrees_with_the_majority(public_faces):
-    images, _, labels = public_faces
+    images, labels = public_faces
     recognizer = Recognizer(model="ferplus")
     assert recognizer.classes == FERPLUS and recognizer.model_path == checkpoints.BUNDLED["ferplus"]
     probs = recognizer.classify(images)
@@ -49,19 +44,20 @@ def test_the_ferplus_model_by_name_says_ferplus_classes_and_agrees_with_the_majo
 
 
 def test_evaluate_takes_a_bundled_name_on_the_val_and_test_splits(public_faces, tmp_path):
-    images, vote_rows, labels = public_faces
-    # The same real faces as PublicTest and, relabelled, as PrivateTest (the shared data holds none of its own).
+    images, labels = public_faces
+    # Real faces, each with 10 votes for its FER+ majority label, as PublicTest and again as PrivateTest
+    # (the shared data holds no PrivateTest of its own).
     pixels, lines = [], []
     for usage in ("PublicTest", "PrivateTest"):
-        for img, row, y in zip(images[:12], vote_rows[:12], labels[:12]):
-            pixels.append(f"{y % 7},{' '.join(map(str, img.ravel()))},{usage}")
-            lines.append(usage + row[row.index(","):])
-    data = write_csv(tmp_path / "fer2013.csv", pixels)
+        for i, (img, y) in enumerate(zip(images[:12], labels[:12])):
+            pixels.append(f"0,{' '.join(map(str, img.ravel()))},{usage}")
+            lines.append(",".join([usage, f"fer{i:07d}.png", *("10" if k == y else "0" for k in range(10))]))
+    csv = write_csv(tmp_path / "fer2013.csv", pixels)
     (tmp_path / "fer2013new.csv").write_text("\n".join([HEADER, *lines]) + "\n")
     for split in ("val", "test"):
-        rep = json.loads(fer_opt("evaluate", "--model", "ferplus", "--data", data, "--labels",
+        rep = json.loads(fer_opt("evaluate", "--model", "ferplus", "--data", csv, "--labels",
                                  tmp_path / "fer2013new.csv", "--split", split, "--json").stdout)
-        assert rep["n"] == 12 and rep["accuracy"] >= 0.5 and list(rep["per_class"]) == list(FERPLUS)
+        assert rep["n"] == 12 and rep["accuracy"] >= 0.75 and list(rep["per_class"]) == list(FERPLUS)
 
 
 def test_an_unknown_bundled_name_is_one_line_and_exit_2(tmp_path):
