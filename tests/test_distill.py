@@ -1,4 +1,5 @@
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -97,3 +98,23 @@ def test_a_teacher_with_other_classes_gets_one_line_and_exit_2(tmp_path, three_s
     assert not out.exists() and not checkpoints.state_path(out).exists()
     with pytest.raises(FerOptError, match="teacher 'nope.pt': no such model file"):
         distill.teacher_path("nope.pt")
+
+
+def test_a_workers_log_says_where_the_teachers_answers_came_from_and_each_epoch_once(tmp_path, sample_csv):
+    from conftest import tiny_study
+    from fer_optuna.options import Settings
+    from fer_optuna.search import storage, study as fer_study, worker
+
+    teacher = fake_teacher(tmp_path / "t.pt", equalize=False)
+    spec_file = tiny_study(tmp_path / "taught.yaml", n_trials=1, train={"epochs": 2, "teacher": str(teacher)})
+    url = f"sqlite:///{tmp_path}/s.db"
+    fer_study.create(spec_file, url, data=str(sample_csv))
+    study, spec = fer_study.load_study("tiny", storage.open_storage(url))
+    said = []
+    settings = Settings.from_env({"FER_OPT_CACHE": str(tmp_path / "cache")})
+    opts = worker.WorkerOptions(study="tiny", storage=url, device="cpu", settings=settings)
+    objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=said.append)
+    study.optimize(objective, n_trials=1)
+    assert any(line.startswith(f"teacher {teacher}: its answers for ") for line in said), said
+    epochs = [line for line in said if re.search(r"epoch +\d", line)]
+    assert len(epochs) == 2 and all(line.startswith("trial 0 epoch") for line in epochs), "each epoch once, the worker's line"

@@ -1,4 +1,5 @@
-"""Against a real PostgreSQL server: outages, storage copy, the dashboard, bad credentials."""
+"""Against a real PostgreSQL server: outages, storage copy, the dashboard, bad credentials. (Workers that live
+through a server restart mid-study: tests/test_chaos.py.)"""
 
 import json
 import signal
@@ -11,42 +12,14 @@ import urllib.request
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
-from conftest import ROOT, TINY, fer_opt, tiny_study
+from conftest import ROOT, TINY, fer_opt
 from fer_optuna.search import storage as fer_storage
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
 from pgserver import PASSWORD
-from test_workers import budget_drops, start_worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-
-def test_workers_survive_a_postgres_restart_mid_study(postgres, tmp_path, sample_csv):
-    url = postgres.new_database()
-    spec = tiny_study(tmp_path / "six.yaml", n_trials=6, train={"epochs": 6})
-    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
-    env = {"FER_OPT_HEARTBEAT": "2"}
-    procs = [start_worker(url, tmp_path / f"w{i}.log", env=env) for i in range(2)]
-    study = optuna.load_study(study_name="tiny", storage=url)
-    wait_for(lambda: len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) >= 1
-             and any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.get_trials()), 180,
-             "a finished trial and a running one")
-    finished_before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    postgres.pg_ctl("restart", "fast")  # terminates every connection
-    codes = [p.wait(timeout=300) for p in procs]
-    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
-    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
-    states = [t.state for t in trials]
-    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 6
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    dropped = budget_drops(trials)
-    failed = {t.number: t.user_attrs.get("fail_reason") for t in trials if t.state == TrialState.FAIL and t.number not in dropped}
-    assert not failed, f"a restart must not fail a trial: {failed}\n" + "\n".join(logs)
-    for number, value in finished_before.items():
-        assert trials[number].value == value, "a completed trial was lost"
 
 
 def test_storage_calls_wait_for_the_server_to_come_back(postgres, caplog):

@@ -138,7 +138,7 @@ class Objective:
             reporter = EpochReporter(trial, cfg, tracker, files, self.log)
             result = trainer.train(cfg, self.data, device=self.device, on_epoch=reporter,
                                    checkpoint=files and files.checkpoint, state=files and files.state, progress=False,
-                                   log=None, settings=self.opts.settings)
+                                   log=self.log, settings=self.opts.settings)
             outcome = "complete"
             if tracker:
                 tracker.summary(result.best_val_acc, result.n_params)

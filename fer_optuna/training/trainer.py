@@ -355,7 +355,8 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
     there after every epoch, and a run that finds the file, made by the same config on
     the same data, resumes after its last epoch and ends with the same weights as one
     that was never stopped. `settings`: the CPU's bf16 (see use_bf16) and the cache folder of a
-    teacher's answers.
+    teacher's answers. `log` takes the run's notices (the teacher's answers, a resume) and, unless
+    `on_epoch` reports the epochs itself, a line per epoch.
     """
     device = device or resolve_device()
     settings = settings or Settings()
@@ -405,7 +406,7 @@ def train(cfg: TrainConfig, data: FerData, *, device: torch.device | None = None
                                             source=data.source, **({"teacher": teacher.provenance} if teacher else {}))
         if state is not None:
             checkpoints.save_state(Path(state), cfg, key, run.state_dict(result))
-        if log is not None:
+        if log is not None and on_epoch is None:
             log(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
                 f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {stats.lr:.2e}  {stats.seconds:.1f}s")
         stop = on_epoch(stats) if on_epoch is not None else False
