@@ -310,6 +310,26 @@ def test_the_median_rule_prunes_a_trial_below_the_median(tmp_path, sample_csv, m
     assert study.trials[2].intermediate_values == {1: 0.10}, "pruned at its first epoch below the median"
 
 
+def test_a_trial_is_never_pruned_at_its_last_epoch(tmp_path, sample_csv, monkeypatch):
+    from fer_optuna.training import trainer
+    from fer_optuna.search import worker
+
+    # The third is above the median until its last epoch, below it there: stopping it then would save nothing.
+    curves = iter([[0.40, 0.50, 0.60], [0.42, 0.52, 0.62], [0.45, 0.55, 0.10]])
+
+    def scripted(cfg, data, *, on_epoch, **kwargs):
+        curve = next(curves)
+        for epoch, acc in enumerate(curve, 1):
+            on_epoch(trainer.EpochStats(epoch, 1.0, acc, 1.0, acc, cfg.lr, 0.1))
+        return trainer.TrainResult(max(curve), curve.index(max(curve)) + 1, 3, 0.3, 1000)
+
+    monkeypatch.setattr(trainer, "train", scripted)
+    study, objective = _in_process_study(tmp_path, sample_csv, [])
+    study.optimize(objective, n_trials=3, catch=(worker.TrialDropped,))
+    last = study.trials[2]
+    assert last.state == TrialState.COMPLETE and last.value == 0.55 and len(last.intermediate_values) == 3
+
+
 def test_nan_loss_fails_the_trial_with_the_reason(tmp_path, sample_csv, monkeypatch):
     from fer_optuna.search import worker
 

@@ -253,7 +253,8 @@ class EpochReporter:
         trial.set_user_attr("seconds", round(time.perf_counter() - self.started, 2))
         if self.tracker:
             self.tracker.log_epoch(stats)
-        if pruners.should_prune(trial):
+        # Never at the trial's last epoch: stopping it then saves nothing, and its result would be lost.
+        if stats.epoch < self.cfg.epochs and pruners.should_prune(trial):
             raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch}: pruned by "
                                      f"{type(trial.study.pruner).__name__}")
 
