@@ -76,7 +76,7 @@ def evaluate(model_path: Path | None, data_path: str | Path, *, split: str = "va
     """`fer-opt evaluate`: a model file's or a bundled model's (by name; default fer2013) report on a split (metrics.report, and
     what was scored), and its architecture; `plot` gets the confusion matrix as a PNG."""
     dev = trainer.resolve_device(device)
-    model_path = checkpoints.model_file(model_path, "--model")
+    model_path = checkpoints.model_file(model_path, "model", "--model")
     ckpt = checkpoints.read_checkpoint(model_path)
     model, cfg = checkpoints.model_from_checkpoint(ckpt, dev)
     loaded = fer_data.for_target(fer_data.load(data_path, options=options, labels=labels), "majority")

@@ -64,8 +64,8 @@ def test_an_unknown_bundled_name_is_one_line_and_exit_2(tmp_path):
     said = fer_opt("evaluate", "--model", "ferplsu", "--data", tmp_path / "x.csv", check=False)
     assert said.returncode == 2 and "Traceback" not in said.stderr
     assert said.stderr.strip().splitlines() == [
-        "error: --model 'ferplsu': no such model file; give a bundled model's name (fer2013, ferplus) or the path of "
-        "a checkpoint"]
+        "error: model 'ferplsu': no such model file; give a bundled model's name (fer2013, ferplus) or the path of "
+        "a checkpoint (command line: --model)"]
     with pytest.raises(FerOptError, match="model 'ferplsu': no such model file; give a bundled model's name"):
         Recognizer(model="ferplsu")
 

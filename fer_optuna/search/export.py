@@ -72,7 +72,7 @@ def convert(checkpoint: Path, *, model_out: Path | None = None, onnx_out: Path |
     if not (onnx_out or model_out):
         raise FerOptError("converting a model file needs a target: an ONNX file, or a model file with fp16 weights",
                           flag="--onnx OUT.onnx, or --model OUT.pt --fp16")
-    ckpt = checkpoints.read_checkpoint(checkpoints.model_file(checkpoint, "--checkpoint"))
+    ckpt = checkpoints.read_checkpoint(checkpoints.model_file(checkpoint, "checkpoint", "--checkpoint"))
     if model_out:
         _save(ckpt, Path(model_out), fp16, log)
     if onnx_out:

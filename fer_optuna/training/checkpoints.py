@@ -31,9 +31,9 @@ BUNDLED = {"fer2013": BUNDLED_MODEL, "ferplus": WEIGHTS / "ferplus-best.pt"}
 SAME_CLASS = {"happiness": "happy", "sadness": "sad", "anger": "angry"}
 
 
-def model_file(name: str | Path | None, role: str) -> Path:
+def model_file(name: str | Path | None, role: str, flag: str | None = None) -> Path:
     """A bundled model's file by its name, or a checkpoint's path (None: the default bundled model); `role`
-    (init, teacher, --model) names the field."""
+    (init, teacher, model) names the parameter, `flag` its command-line flag."""
     if name is None or str(name) == "":
         return BUNDLED_MODEL
     if str(name) in BUNDLED:
@@ -41,7 +41,7 @@ def model_file(name: str | Path | None, role: str) -> Path:
     path = Path(name).expanduser()
     if not path.is_file():
         raise FerOptError(f"{role} {str(name)!r}: no such model file; give a bundled model's name "
-                          f"({', '.join(BUNDLED)}) or the path of a checkpoint")
+                          f"({', '.join(BUNDLED)}) or the path of a checkpoint", flag=flag)
     return path
 
 
