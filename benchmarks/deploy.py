@@ -5,6 +5,9 @@
 trials broke the constraint and were not trained, each run's wall time, and the
 accuracy/latency Pareto front of all trials trained.
 
+--compare teacher: runs the study file as it is and again with the bundled model as every trial's
+teacher (`train: {teacher: fer2013}`), then prints each study's best feasible trial as above.
+
 --compare pruners: runs a two-objective study file as it is (its pruner) and again with
 `pruner: none` (and, with --variants, the plain median rule among all trials whatever their
 cost), from the same sampler seed, then prints each run's epochs trained, wall time, front, and
@@ -20,6 +23,7 @@ cores each.
 
     python benchmarks/deploy.py --data fer2013.npz.xz                      # studies/fer2013-deploy-cpu.yaml
     python benchmarks/deploy.py --data fer2013.npz.xz --out deploy.json
+    python benchmarks/deploy.py --data fer2013.npz.xz --compare teacher     # the best under 1 ms, distilled or not
     python benchmarks/deploy.py --data fer2013.npz.xz --compare pruners --seed 1  # benchmarks/studies/deploy-front.yaml
     python benchmarks/deploy.py --data fer2013.npz.xz --compare pruners --variants median-all
     python benchmarks/deploy.py --replay sqlite:////tmp/fer-deploy-XXXX/none/study.db
@@ -95,6 +99,9 @@ def variants(spec: dict, compare: str, chosen: list[str]) -> dict[str, dict]:
         assert spec.get("constraints"), "the study file has no constraints: to compare"
         return {"constrained": spec, "unconstrained": {**{k: v for k, v in spec.items() if k != "constraints"},
                                                        "name": spec["name"] + "-unconstrained"}}
+    if compare == "teacher":
+        taught = {**spec, "train": {**spec["train"], "teacher": "fer2013"}, "name": spec["name"] + "-teacher"}
+        return {"no-teacher": spec, "teacher": taught}
     assert spec["pruner"]["type"] == "pareto-median", "the study file's pruner must be pareto-median"
     found = {}
     for name in chosen:
@@ -164,15 +171,15 @@ def replay(url: str, spec: dict) -> None:
                   f"saved; front {sorted(round(f.values[0], 3) for f in front)}, hypervolume {hv:.4f}")
 
 
-def print_constraints(result: dict) -> None:
-    for kind in ("constrained", "unconstrained"):
+def print_constraints(result: dict, kinds: list[str]) -> None:
+    for kind in kinds:
         r = result[kind]
         b = r["best"]
         print(f"{kind:>13}: best trial {b['trial']} ({b['architecture']}) val {b['val_accuracy']:.4f}, "
               f"{b['latency_ms']:.2f} ms/face, {b['params'] / 1e6:.2f}M params; {r['complete']} complete, "
               f"{r['pruned']} pruned, {r['infeasible_not_trained']} infeasible not trained; {r['seconds']} s")
-    print("accuracy/latency front of the unconstrained study's trained trials:")
-    for t in result["unconstrained"]["front"]:
+    print(f"accuracy/latency front of the {kinds[-1]} study's trained trials:")
+    for t in result[kinds[-1]]["front"]:
         print(f"  trial {t['trial']:>2}  val {t['val_accuracy']:.4f}  {t['latency_ms']:.2f} ms  {t['architecture']}")
 
 
@@ -190,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data")
     parser.add_argument("--replay", metavar="URL", help="an unpruned run's study storage: replay the rules on it")
-    parser.add_argument("--compare", choices=("constraints", "pruners"), default="constraints")
+    parser.add_argument("--compare", choices=("constraints", "teacher", "pruners"), default="constraints")
     parser.add_argument("--study-file", type=Path, help="default: studies/fer2013-deploy-cpu.yaml for constraints, "
                         "benchmarks/studies/deploy-front.yaml for pruners")
     parser.add_argument("--variants", default="pareto-median,none",
@@ -199,7 +206,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="cores for each worker")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    default = "studies/fer2013-deploy-cpu.yaml" if args.compare == "constraints" else "benchmarks/studies/deploy-front.yaml"
+    default = "studies/fer2013-deploy-cpu.yaml" if args.compare != "pruners" else "benchmarks/studies/deploy-front.yaml"
     study_file = args.study_file or ROOT / default
     spec = yaml.safe_load(study_file.read_text())
     if args.seed is not None:
@@ -217,13 +224,13 @@ def main() -> None:
         (folder / "study.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
         runs[kind] = (*start(folder / "study.yaml", str(Path(args.data).resolve()), folder, args.threads), time.time())
     result = {"cpu": torch.backends.cpu.get_cpu_capability(), "study_file": str(study_file),
-              "sampler": spec["sampler"], **({"constraints": spec["constraints"]} if args.compare == "constraints" else {})}
+              "sampler": spec["sampler"], **({"constraints": spec["constraints"]} if args.compare != "pruners" else {})}
     for kind, (worker, url, started) in runs.items():
         if worker.wait() != 0:
             sys.exit(f"the {kind} worker failed; see {root / kind / 'worker.log'}")
-        result[kind] = (summary if args.compare == "constraints" else front_summary)(url, time.time() - started)
-    if args.compare == "constraints":
-        print_constraints(result)
+        result[kind] = (summary if args.compare != "pruners" else front_summary)(url, time.time() - started)
+    if args.compare != "pruners":
+        print_constraints(result, list(runs))
     else:
         print_pruners(result, list(runs))
     print(f"CPU: {result['cpu']}; logs in {root}")

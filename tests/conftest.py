@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fer_optuna.options import Settings
 from fer_optuna.training import trainer
@@ -32,6 +33,14 @@ def _isolate(tmp_path_factory, patch: pytest.MonkeyPatch) -> None:
         patch.setattr(trainer, "cpu_has_native_bf16", lambda: forced)
     patch.delenv("FER_OPT_STORAGE", raising=False)
     patch.delenv("FER_OPT_DATA", raising=False)
+
+
+def pytest_configure(config):
+    """scripts/test.sh runs a test process per core (pytest-xdist): one thread each, in the processes its
+    tests start too, so that two tests' thread pools never spin against each other on the same cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -134,8 +143,10 @@ def _in_this_process(args: list[str], env: dict | None) -> subprocess.CompletedP
 
 def fer_opt_interrupted(*args: str, after: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real CLI and press Ctrl-C (SIGINT) once it has printed a line containing `after`."""
+    # A test process that ignores SIGINT (pytest-xdist's do) would hand that on to the command.
     proc = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
