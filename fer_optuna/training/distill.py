@@ -68,6 +68,9 @@ def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool
             log(f"teacher {name}: its answers for {len(images)} train images from the cache "
                 f"(computed once in {seconds:.0f}s; {target})")
         return Teacher(name, sha256, logits)
+    if log is not None:  # minutes on a CPU, with nothing else to show for them
+        log(f"teacher {name}: computing its answers for {len(images)} train images ({VIEWS} views), once for this "
+            f"data and teacher")
     start = time.perf_counter()
     logits = answers(ckpt, images, device, bf16)
     seconds = time.perf_counter() - start
