@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--data")
     parser.add_argument("--replay", metavar="URL", help="an unpruned run's study storage: replay the rules on it")
     parser.add_argument("--compare", choices=("constraints", "teacher", "pruners"), default="constraints")
-    parser.add_argument("--study-file", type=Path, help="default: studies/fer2013-deploy-cpu.yaml for constraints, "
+    parser.add_argument("--study-file", type=Path, help="default: studies/fer2013-deploy-cpu.yaml for constraints and teacher, "
                         "benchmarks/studies/deploy-front.yaml for pruners")
     parser.add_argument("--variants", default="pareto-median,none",
                         help=f"with --compare pruners, which of {', '.join(PRUNER_VARIANTS)} to run")
@@ -206,7 +206,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="cores for each worker")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    default = "studies/fer2013-deploy-cpu.yaml" if args.compare != "pruners" else "benchmarks/studies/deploy-front.yaml"
+    constrained = args.compare != "pruners"  # constraints and teacher: each run's best feasible trial
+    default = "studies/fer2013-deploy-cpu.yaml" if constrained else "benchmarks/studies/deploy-front.yaml"
     study_file = args.study_file or ROOT / default
     spec = yaml.safe_load(study_file.read_text())
     if args.seed is not None:
@@ -224,12 +225,12 @@ def main() -> None:
         (folder / "study.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
         runs[kind] = (*start(folder / "study.yaml", str(Path(args.data).resolve()), folder, args.threads), time.time())
     result = {"cpu": torch.backends.cpu.get_cpu_capability(), "study_file": str(study_file),
-              "sampler": spec["sampler"], **({"constraints": spec["constraints"]} if args.compare != "pruners" else {})}
+              "sampler": spec["sampler"], **({"constraints": spec["constraints"]} if constrained else {})}
     for kind, (worker, url, started) in runs.items():
         if worker.wait() != 0:
             sys.exit(f"the {kind} worker failed; see {root / kind / 'worker.log'}")
-        result[kind] = (summary if args.compare != "pruners" else front_summary)(url, time.time() - started)
-    if args.compare != "pruners":
+        result[kind] = (summary if constrained else front_summary)(url, time.time() - started)
+    if constrained:
         print_constraints(result, list(runs))
     else:
         print_pruners(result, list(runs))
