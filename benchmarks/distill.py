@@ -36,7 +36,7 @@ WINNER = {"batch_size": 64, "lr": 6.9e-4, "dropout": 0.06, "hidden_dim": 128, "w
 
 def teacher_pass(loaded: data.FerData, device: torch.device, sample: int, batches: list[int]) -> list[dict]:
     """Seconds per 1,000 images for each view count and batch, and the teacher's PublicTest accuracy per view count."""
-    ckpt = checkpoints.read_checkpoint(distill.BUNDLED["fer2013"])
+    ckpt = checkpoints.read_checkpoint(distill.teacher_path("fer2013"))
     train_images = loaded.split("train")[0][:sample]
     val_images, val_labels = loaded.split("val")
     rows = []
@@ -82,10 +82,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--teachers", nargs="+", default=["none", "fer2013"], help="none: without a teacher")
+    parser.add_argument("--views", type=int, choices=[1, 2], default=distill.VIEWS,
+                        help="the teacher's views: 1 = the image (what training uses), 2 = averaged with its mirror")
     parser.add_argument("--train-subset", type=int, default=0, help="keep this many Training images; 0 = all")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device("cpu")
+    distill.VIEWS = args.views  # read by load_teacher, and part of its cache key
     loaded = data.load(args.data)
     if args.train_subset:
         images, labels = loaded.split("train")
@@ -94,7 +97,7 @@ def main() -> None:
                                      labels={**loaded.labels, "train": labels[keep]})
     rows = (teacher_pass(loaded, device, args.sample, args.batches) if args.teacher_pass
             else fits(loaded, device, args.epochs, args.seeds, args.teachers))
-    report = {"train_images": len(loaded.split("train")[1]), "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+    report = {"train_images": len(loaded.split("train")[1]), "teacher_views": args.views, "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
               "precision": "bf16" if trainer.use_bf16("auto", device) else "fp32", "rows": rows}
     print(json.dumps(report, indent=1))
     if args.out:

@@ -7,7 +7,8 @@ import torch
 
 from conftest import fer_opt
 from fer_optuna.errors import FerOptError
-from fer_optuna.search.study import parse_spec
+from fer_optuna.search import shipped
+from fer_optuna.search.study import load_spec, parse_spec
 from fer_optuna.training import augment, checkpoints, data, distill, trainer
 from fer_optuna.training.config import TrainConfig
 from fer_optuna.training.models import build_model
@@ -119,3 +120,12 @@ def test_a_workers_log_says_where_the_teachers_answers_came_from_and_each_epoch_
     assert any(line.startswith(f"teacher {teacher}: its answers for ") for line in said), said
     epochs = [line for line in said if re.search(r"epoch +\d", line)]
     assert len(epochs) == 2 and all(line.startswith("trial 0 epoch") for line in epochs), "each epoch once, the worker's line"
+
+
+def test_the_main_job_with_a_teacher_is_the_main_job_with_a_distilled_final_fit():
+    """quick-distill.yaml must stay quick.yaml with `teacher:` added to `final:` alone, so that its search is
+    quick's, trial for trial, and the two final fits compare like for like."""
+    quick, distilled = (load_spec(shipped.find(name)) for name in ("quick", "quick-distill"))
+    assert dict(distilled.final) == {**dict(quick.final), "teacher": "fer2013"}
+    for field in ("train", "n_trials", "space", "sampler", "pruner", "enqueue", "constraints", "objectives"):
+        assert getattr(distilled, field) == getattr(quick, field), field
