@@ -156,6 +156,14 @@ def test_export_writes_the_final_config_not_the_proxy(tmp_path):
                          "the study file's final: section sets train_subset 0, val_subset 0, epochs 20, scheduler cosine")
 
 
+def test_an_exported_header_names_a_proxy_without_a_teacher(tmp_path):
+    study, url = _proxy_study(tmp_path)
+    spec = fer_study.parse_spec(PROXY.replace("scheduler: cosine}", "scheduler: cosine, teacher: fer2013}"), "s.yaml")
+    [path] = fer_study.export(study, spec, tmp_path / "best.yaml", 1, url)
+    assert load_config(path).teacher == "fer2013"
+    assert "scheduler plateau, teacher none; the study file's final: section sets " in path.read_text()
+
+
 def test_final_may_not_override_what_the_search_chooses():
     with pytest.raises(FerOptError, match="final sets lr, which the search chooses"):
         fer_study.parse_spec(PROXY.replace("scheduler: cosine}", "scheduler: cosine, lr: 0.1}"), "s.yaml")

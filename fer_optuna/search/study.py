@@ -468,7 +468,8 @@ def export(study: optuna.Study, spec: StudySpec, out: str | Path, top: int = 1, 
         if spec.constraints or rule:
             header += f" ({format_costs(costs_of(trial))}; the best " + (f"of those with {rule}" if rule else "feasible") + ")"
         if final:
-            header += ("\n# found on the proxy " + ", ".join(f"{k} {v}" for k, v in proxy.items())
+            # "teacher none", not "teacher " with nothing after it
+            header += ("\n# found on the proxy " + ", ".join(f"{k} {v if v != '' else 'none'}" for k, v in proxy.items())
                        + "; the study file's final: section sets " + ", ".join(f"{k} {v}" for k, v in final.items()))
         dump_config(cfg, path, header)
     return paths[: len(complete)]
