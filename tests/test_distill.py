@@ -51,15 +51,16 @@ def test_the_teachers_answers_are_cached_and_recomputed_when_the_teacher_or_the_
     assert not np.array_equal(load(images), first) and len(computed) == 3, "another teacher file: computed again"
 
 
-def test_the_teacher_sees_its_own_pixel_pipeline_averaged_with_the_mirror(tmp_path):
+def test_the_teacher_sees_its_own_pixel_pipeline_and_with_two_views_the_mirror_too(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (5, 48, 48), dtype=np.uint8)
     ckpt = checkpoints.read_checkpoint(fake_teacher(tmp_path / "t.pt", smooth=0.5))
     model, _ = checkpoints.model_from_checkpoint(ckpt, torch.device("cpu"))
     x = augment.smooth(augment.equalize(torch.from_numpy(images).unsqueeze(1)), 0.5)
     x = augment.normalize(augment.to_float(x))
-    expected = (model(x) + model(x.flip(-1))) / 2
-    got = distill.answers(ckpt, images, torch.device("cpu"), bf16=False)
-    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5)
+    for views, expected in ((1, model(x)), (2, (model(x) + model(x.flip(-1))) / 2)):
+        got = distill.answers(ckpt, images, torch.device("cpu"), bf16=False, views=views)
+        assert torch.allclose(torch.from_numpy(got), expected, atol=1e-5), views
+    assert distill.VIEWS == 1, "training's teacher answers for the image alone (docs/studies.md)"
 
 
 def test_alpha_zero_trains_the_same_weights_as_no_teacher_and_the_checkpoint_names_its_teacher(
