@@ -243,7 +243,8 @@ def create_study(settings, spec_path, storage, name, data, labels, skip_if_exist
     from .search.storage import mask_url, storage_url
 
     created, new = fer_study.create(spec_path, storage, name=name, data=data, skip_if_exists=skip_if_exists,
-                                    replace=replace, artifacts=artifacts, options=settings.stores, labels=labels)
+                                    replace=replace, artifacts=artifacts, options=settings.stores, labels=labels,
+                                    data_options=settings.data)
     url = mask_url(storage_url(storage))
     verb = "created" if new else "exists, unchanged:"
     click.echo(f"study {created.study_name} {verb} on {url} (data {created.user_attrs[fer_study.ATTR_DATA]})")

@@ -134,13 +134,15 @@ def run(data_path: str, *, storage: str | None = None, spec_path: str | None = N
         gpu: str = "all", port: int = 8080, checkpoint_dir: str = "studies/checkpoints", log=print,
         settings: Settings | None = None, labels: str | None = None) -> Path:
     """The main job; returns the final model's path. `spec_path`: a study file or a shipped study's
-    name [default: fer2013-cnn3 with GPUs, quick on CPU]; `port`: the dashboard's, 0 for none."""
+    name [default: fer2013-cnn3 with GPUs, quick on CPU]; `port`: the dashboard's, 0 for none; `labels`:
+    FER+ votes for a new study, or this machine's copy of a study's (none: the study's, searched and fitted on)."""
     settings = settings or Settings()
     devices = fer_worker.parse_devices(gpu)
     spec_path = shipped.find(spec_path or ("quick" if devices == ["cpu"] else "fer2013-cnn3"))
     url = storage_url(storage)
     created, new = fer_study.create(spec_path, url, data=data_path, skip_if_exists=True, options=settings.stores,
-                                    labels=labels)
+                                    labels=labels, data_options=settings.data)
+    labels = fer_study.study_labels(created, labels)
     name = created.study_name
     log(f"study {name} {'created' if new else 'resumed'} on {mask_url(url)} from {spec_path}")
     dashboard = _dashboard(url, port, out_dir / "dashboard.log", log)

@@ -1,9 +1,11 @@
 """Classes are data: FER+ votes, image folders with their own classes, and models sized from them."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from PIL import Image
@@ -245,3 +247,84 @@ def test_train_and_evaluate_take_the_votes_on_the_cli(tmp_path):
     rep = json.loads(fer_opt("evaluate", "--model", model, "--data", pixels, "--labels", votes, "--split", "test",
                              "--json").stdout)
     assert rep["n"] == 1 and list(rep["per_class"]) == list(FERPLUS)
+
+
+def test_the_votes_are_part_of_a_study_a_copy_is_the_same_votes_and_other_votes_are_one_line(tmp_path):
+    from conftest import TINY
+    from fer_optuna.search import study as fer_study
+
+    pixels, votes = _fer_plus(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    created, _ = fer_study.create(TINY, url, data=str(pixels), labels=str(votes))
+    again, new = fer_study.create(TINY, url, data=str(pixels), skip_if_exists=True)  # no labels: the study's
+    assert not new and fer_study.study_labels(again) == str(votes.resolve())
+    copy = tmp_path / "elsewhere" / "votes.csv"  # this machine's copy, at another path
+    copy.parent.mkdir()
+    copy.write_bytes(votes.read_bytes())
+    fer_study.create(TINY, url, data=str(pixels), labels=str(copy), skip_if_exists=True)
+    assert fer_study.load_data(created, labels=str(copy)).classes == FERPLUS
+    other = tmp_path / "other.csv"  # each face's top emotion kept: other votes all the same
+    other.write_text(VOTES.replace("fer0000002.png,5,", "fer0000002.png,6,"))
+    with pytest.raises(FerOptError, match=re.escape(f"labelled by the FER+ votes in {votes.resolve()}, not by labels={other}")):
+        fer_study.create(TINY, url, data=str(pixels), labels=str(other), skip_if_exists=True)
+    with pytest.raises(FerOptError, match="not by labels="):
+        fer_study.load_data(created, labels=str(other))  # a worker's --labels
+    plain, _ = fer_study.create(TINY, url, name="plain", data=str(pixels))
+    with pytest.raises(FerOptError, match=re.escape(f"'plain' is labelled by its data, not by labels={votes}")):
+        fer_study.create(TINY, url, name="plain", data=str(pixels), labels=str(votes), skip_if_exists=True)
+    # On the command line: one line naming both, exit 2, and the study as it was.
+    proc = fer_opt("create-study", "--config", TINY, "--storage", url, "--data", pixels, "--labels", other,
+                   "--skip-if-exists", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert str(votes.resolve()) in proc.stderr and str(other) in proc.stderr and "(command line: --labels)" in proc.stderr
+    assert fer_study.study_labels(fer_study.load_study("tiny", created._storage)[0]) == str(votes.resolve())
+
+
+def test_a_rerun_without_labels_searches_and_fits_the_final_model_on_the_studys_votes(tmp_path):
+    from conftest import tiny_study
+    from fer_optuna import pipeline
+    from fer_optuna.search import study as fer_study
+
+    pixels, votes = _fer_plus(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = tiny_study(tmp_path / "t.yaml", n_trials=1, train={"model": "mlp", "epochs": 1}, enqueue=[])
+    fer_study.create(spec, url, data=str(pixels), labels=str(votes))  # create-study --labels, then run without
+    said = []
+    model = pipeline.run(str(pixels), storage=url, spec_path=str(spec), out_dir=tmp_path / "runs", gpu="cpu", port=0,
+                         checkpoint_dir=str(tmp_path / "ckpt"), log=said.append)
+    assert checkpoints.checkpoint_classes(checkpoints.read_checkpoint(model)) == FERPLUS
+    assert said[-1].endswith(f"--labels {votes.resolve()} --split val")
+
+
+def test_a_distribution_run_does_not_resume_on_votes_that_keep_each_faces_top_emotion(tmp_path):
+    pixels, votes = _fer_plus(tmp_path)
+    cfg = TrainConfig(model="mlp", hidden_dim=8, epochs=2, batch_size=2, target="distribution")
+    state, cpu = tmp_path / "s.pt", torch.device("cpu")
+    trainer.train(cfg, data.load(pixels, labels=votes), device=cpu, state=state, on_epoch=lambda s: True, log=None)
+    (tmp_path / "fer2013new.csv").write_text(VOTES.replace("fer0000002.png,5,", "fer0000002.png,6,"))
+    changed = data.for_target(data.load(pixels, labels=votes), "distribution")
+    assert changed.labels["train"].tolist() == [0, 0, 0, 0, 7], "the same hard labels: only the distribution moved"
+    said = []
+    again = trainer.train(cfg, data.load(pixels, labels=votes), device=cpu, state=state, log=said.append)
+    assert again.resumed_at == 0 and f"{state}: saved by a run on other data; starting afresh" in said
+
+
+def test_a_teacher_of_other_classes_than_the_studys_is_refused_when_the_study_is_created_and_when_run_starts(tmp_path):
+    from conftest import tiny_study
+    from test_distill import fake_teacher
+    from fer_optuna import pipeline
+    from fer_optuna.search import storage, study as fer_study
+
+    pixels, votes = _fer_plus(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    teacher = fake_teacher(tmp_path / "t.pt")  # FER2013's seven classes
+    spec = tiny_study(tmp_path / "t.yaml", final={"teacher": str(teacher)})
+    with pytest.raises(FerOptError, match=rf"t.yaml, final: teacher .*not the student's \(neutral, happiness"):
+        fer_study.create(spec, url, data=str(pixels), labels=str(votes))
+    assert optuna.get_all_study_names(storage.open_storage(url)) == [], "nothing written"
+    fake_teacher(teacher, classes=FERPLUS)
+    fer_study.create(spec, url, data=str(pixels), labels=str(votes))
+    fake_teacher(teacher)  # the teacher file changed since
+    with pytest.raises(FerOptError, match="final: teacher .* are not the student's"):
+        pipeline.run(str(pixels), storage=url, spec_path=str(spec), out_dir=tmp_path / "runs", gpu="cpu", port=0)
+    assert not (tmp_path / "runs").exists()

@@ -8,6 +8,7 @@ same objective, sampler and pruner from the storage alone.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import DataOptions, StoreOptions
 from fer_optuna.training import data as fer_data
+from fer_optuna.training import distill
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
 from . import pruners, shipped
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
@@ -30,6 +32,7 @@ from .storage import mask_url, open_storage, storage_url
 
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
 ATTR_LABELS = "fer_opt.labels"  # FER+ votes for the data's rows; absent or "": the data's own labels
+ATTR_LABELS_SHA256 = "fer_opt.labels_sha256"  # their file's digest (a system attribute): a copy elsewhere is the same votes
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue",
              "constraints", "objectives"}
@@ -279,21 +282,59 @@ def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
     return str(resolved.resolve())
 
 
+def _sha256(labels: str | Path) -> str:
+    path = Path(labels).expanduser()
+    if not path.is_file():
+        raise FerOptError(f"{path}: no such votes file; give FER+'s fer2013new.csv", flag="--labels")
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def study_labels(study: optuna.Study, labels: str | Path | None = None) -> str | None:
+    """The FER+ votes every command on `study` uses: the study's own, or `labels` (this machine's copy) where they
+    are the same votes (the same path, or a file with the same bytes). Other votes, or votes for a study of the
+    data's own labels, are refused: the labels are part of the study, as its study file is."""
+    stored = study.user_attrs.get(ATTR_LABELS) or None
+    if not labels:
+        return stored
+    given = str(Path(labels).expanduser().resolve())
+    if stored and (given == stored or _sha256(given) == study_system_attrs(study).get(ATTR_LABELS_SHA256)):
+        return given
+    raise FerOptError(f"study {study.study_name!r} is labelled by {f'the FER+ votes in {stored}' if stored else 'its data'}, "
+                      f"not by labels={labels}; leave labels out to use the study's, or give the votes another study "
+                      "(a new name, or replace=True to start this one over)", flag="--labels")
+
+
 def load_data(study: optuna.Study, data: str | None = None, labels: str | None = None,
               options: DataOptions | None = None) -> fer_data.FerData:
-    """The study's data (or `data`, this machine's copy), labelled by `labels` or the votes stored with the study."""
-    return fer_data.load(data or study.user_attrs[ATTR_DATA], options=options,
-                         labels=labels or study.user_attrs.get(ATTR_LABELS) or None)
+    """The study's data (or `data`, this machine's copy), labelled by its votes (or `labels`, this machine's copy)."""
+    return fer_data.load(data or study.user_attrs[ATTR_DATA], options=options, labels=study_labels(study, labels))
+
+
+def _check_teachers(spec: StudySpec, spec_path: str | Path, data: str, labels: str | None,
+                    options: DataOptions | None) -> None:
+    """Refuse now, not after the search, a teacher the study file names whose classes are not the data's."""
+    named = {"train": [spec.train.teacher], "final": [dict(spec.final).get("teacher")],
+             "search_space": [c for p in spec.space if p.name == "teacher" for c in p.choices]}
+    teachers = {t: section for section, names in named.items() for t in names if t}
+    if not teachers or not (labels or Path(data).exists()):
+        return  # without the data on this machine, the workers check it as they load the teacher
+    classes = fer_data.classes_of(data, labels, options)
+    for teacher, section in teachers.items():
+        distill.teacher_checkpoint(teacher, classes, f"{spec_path}, {section}: ")
 
 
 def create(spec_path: str | Path, url: str | None = None, name: str | None = None, data: str | None = None,
            skip_if_exists: bool = False, replace: bool = False, artifacts: str | None = None,
-           options: StoreOptions | None = None, labels: str | None = None) -> tuple[optuna.Study, bool]:
+           options: StoreOptions | None = None, labels: str | None = None,
+           data_options: DataOptions | None = None) -> tuple[optuna.Study, bool]:
     """Create the study (True) or find the identical one (False) from a study file: a path, or the name
     of a shipped one (see shipped.py).
 
     `data`: the data path stored with the study, else the study file's data: (relative to the file);
-    `labels`: FER+ votes for its rows, stored beside it.
+    `labels`: FER+ votes for its rows, stored beside it (with their digest) and part of the study, as its study
+    file is: finding it again takes no labels (the study's) or the same votes (see study_labels).
+    A teacher the study file names is checked against the data's classes here, before anything is written.
     `artifacts`: the study's artifact store (else a folder beside a SQLite file, else none); checked
     before anything is written, and recorded without credentials.
     """
@@ -305,16 +346,21 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     data_path = resolve_data(data, spec, Path(spec_path).parent)
     storage = open_storage(url, options=options)
     store_url = artifacts or default_url(storage_url(url))
-    if name in optuna.get_all_study_names(storage):
+    exists = name in optuna.get_all_study_names(storage)
+    if exists:
         existing = optuna.load_study(study_name=name, storage=storage)
         same = study_file_text(existing) == spec.text
         if same and skip_if_exists and not replace:
+            _check_teachers(spec, spec_path, data_path, study_labels(existing, labels), data_options)
             return existing, False
         if not replace:
             why = "already exists" if same else "already exists with a different study file"
             fix = ("use it with skip_if_exists=True", "--skip-if-exists") if same else \
                 ("delete it and start over with replace=True, or give a new name", "--replace or --name NEW")
             raise FerOptError(f"study {name!r} {why}; {fix[0]}", flag=fix[1])
+    labels_sha256 = _sha256(labels) if labels else ""
+    _check_teachers(spec, spec_path, data_path, labels, data_options)
+    if exists:
         optuna.delete_study(study_name=name, storage=storage)
     if store_url:
         ArtifactStore(store_url, options).prepare()
@@ -327,6 +373,8 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     storage.set_study_system_attr(study_id, ATTR_FILE, spec.text)
     if store_url:
         storage.set_study_system_attr(study_id, ATTR_ARTIFACTS, store_url)
+    if labels:
+        storage.set_study_system_attr(study_id, ATTR_LABELS_SHA256, labels_sha256)
     from optuna_dashboard import save_note
 
     save_note(study, f"Created by `fer-opt create-study` from `{spec_path}`:\n\n```yaml\n{spec.text.rstrip()}\n```\n")

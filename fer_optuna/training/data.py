@@ -446,6 +446,15 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
     return with_votes(data, votes) if votes else data
 
 
+def classes_of(path: str | Path, labels: str | Path | None = None, options: DataOptions | None = None) -> tuple[str, ...]:
+    """The classes `load(path, labels=labels)` gives, without reading the pixels: the votes' (their header), an
+    image folder's (its class folders), else FER2013's seven."""
+    if labels:
+        return fer_votes.read(labels, (options or DataOptions()).max_input_bytes).classes
+    path = Path(path).expanduser()
+    return _folder_files(path)[1] if path.is_dir() else CLASSES
+
+
 def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataOptions) -> FerData:
     path = _check_exists(path)
     files, classes = _folder_files(path) if path.is_dir() else (None, CLASSES)

@@ -46,15 +46,22 @@ def teacher_path(name: str) -> Path:
     return checkpoints.model_file(name, "teacher")
 
 
-def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool, cache_dir: Path,
-                 log: Callable[[str], None] | None = print, classes: tuple[str, ...] = CLASSES) -> Teacher:
-    """The teacher's answers for uint8 (N, 48, 48) train images: from the cache (in `cache_dir`), or computed and cached."""
+def teacher_checkpoint(name: str, classes: tuple[str, ...], where: str = "") -> tuple[Path, dict]:
+    """The teacher's model file and checkpoint, refused unless it was trained on the student's `classes`;
+    `where` (e.g. a study file's section) begins the refusal."""
     path = teacher_path(name)
     ckpt = checkpoints.read_checkpoint(path)
     have = checkpoints.checkpoint_classes(ckpt)
     if have != tuple(classes):
-        raise FerOptError(f"teacher {name}: its classes ({', '.join(have)}) are not the student's "
+        raise FerOptError(f"{where}teacher {name}: its classes ({', '.join(have)}) are not the student's "
                           f"({', '.join(classes)}); give a teacher trained on the same classes")
+    return path, ckpt
+
+
+def load_teacher(name: str, images: np.ndarray, device: torch.device, bf16: bool, cache_dir: Path,
+                 log: Callable[[str], None] | None = print, classes: tuple[str, ...] = CLASSES) -> Teacher:
+    """The teacher's answers for uint8 (N, 48, 48) train images: from the cache (in `cache_dir`), or computed and cached."""
+    path, ckpt = teacher_checkpoint(name, classes)
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     key = hashlib.sha256(f"v{CACHE_VERSION} views={VIEWS} bf16={bf16} {sha256}\n".encode())

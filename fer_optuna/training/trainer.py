@@ -317,12 +317,13 @@ def _load_init(model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...]) -> 
 
 
 def data_key(data: FerData) -> str:
-    """A digest of the train and val images and labels: a saved run resumes only on the data it was made on."""
+    """A digest of the train and val images and labels, and of the soft targets: a saved run resumes only on
+    the data it was made on (votes that keep each face's top emotion still change a distribution target)."""
     digest = hashlib.blake2b(digest_size=16)
-    for split in ("train", "val"):
-        for array in (data.images.get(split), data.labels.get(split)):
-            if array is not None:
-                digest.update(np.ascontiguousarray(array).data)
+    for array in (data.images.get("train"), data.labels.get("train"), data.images.get("val"), data.labels.get("val"),
+                  data.soft):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 
