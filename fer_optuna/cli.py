@@ -230,7 +230,7 @@ def _open_study(storage: str | None, name: str | None, settings: Settings):
 @STORAGE_OPTION
 @click.option("--name", help="Study name [default: the study file's name].")
 @click.option("--data", envvar="FER_OPT_DATA", show_envvar=True, help="Data path stored with the study [default: the study file's data:].")
-@click.option("--labels", help=LABELS_HELP + " Stored with the study.")
+@click.option("--labels", help=LABELS_HELP + " Part of the study: --skip-if-exists refuses other votes.")
 @click.option("--skip-if-exists", is_flag=True, help="Succeed if the same study (same study file) already exists.")
 @click.option("--replace", is_flag=True, help="Delete an existing study of that name, trials included, and start over.")
 @click.option("--artifacts", envvar="FER_OPT_ARTIFACTS", show_envvar=True,
@@ -435,7 +435,7 @@ def storage_copy(settings, from_url, to_url, study_name, to_name) -> None:
 
 @main.command("run")
 @click.option("--data", "data_path", required=True, envvar="FER_OPT_DATA", help=DATA_HELP + " [env FER_OPT_DATA]")
-@click.option("--labels", help=LABELS_HELP)
+@click.option("--labels", help=LABELS_HELP + " Stored with a new study [default: the study's].")
 @STORAGE_OPTION
 @click.option("--study-file", help="A study file, or a shipped study's name [default: fer2013-cnn3 with GPUs, quick on CPU].")
 @click.option("--gpu", default="all", help="cpu, a GPU index, a list like 0,1, or all.")
