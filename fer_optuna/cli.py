@@ -1,6 +1,6 @@
 """The `fer-opt` command line. Commands are thin: they parse, call a library function a Python user can
 call the same way, print. The environment is read here, once (Settings.from_env), and errors get their
-command-line flag here."""
+command-line flag, or the variable that sets their option, here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import FerOptError
-from .options import Settings
+from .options import VARIABLES, Settings
 
 ARTIFACTS_HELP = ("Artifact store for each trial's checkpoint, run state and figures: a folder, or s3://BUCKET/PREFIX "
                   "(endpoint and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
@@ -32,7 +32,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except FerOptError as e:
-            click.echo(f"error: {e}" + (f" (command line: {e.flag})" if e.flag else ""), err=True)
+            fix = (f" (command line: {e.flag})" if e.flag else  # the flag that makes the fix, or the variable that does
+                   f" (environment: {VARIABLES[e.setting]})" if e.setting else "")
+            click.echo(f"error: {e}{fix}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C before a command took over its signals: nothing was kept
             click.echo("error: stopped by SIGINT", err=True)

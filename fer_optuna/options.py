@@ -22,6 +22,17 @@ from typing import Mapping
 from .errors import FerOptError
 
 
+# The option each variable sets; a FerOptError's `setting` names one, and the command line adds its variable.
+VARIABLES = {
+    "DataOptions.cache_dir": "FER_OPT_CACHE",
+    "DataOptions.max_input_mb": "FER_OPT_MAX_INPUT_MB",
+    "StoreOptions.heartbeat_seconds": "FER_OPT_HEARTBEAT",
+    "StoreOptions.db_retry_seconds": "FER_OPT_DB_RETRY_SECONDS",
+    "StoreOptions.artifact_retry_seconds": "FER_OPT_ARTIFACT_RETRY_SECONDS",
+    "Settings.cpu_bf16": "FER_OPT_CPU_BF16",
+}
+
+
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "fer-optuna"
 
@@ -63,19 +74,20 @@ class Settings:
         """FER_OPT_CACHE (else $XDG_CACHE_HOME/fer-optuna), FER_OPT_MAX_INPUT_MB, FER_OPT_HEARTBEAT,
         FER_OPT_DB_RETRY_SECONDS, FER_OPT_ARTIFACT_RETRY_SECONDS and FER_OPT_CPU_BF16 (0 or 1);
         an unset variable keeps the default."""
-        cache = env.get("FER_OPT_CACHE") or (Path(env["XDG_CACHE_HOME"]) / "fer-optuna" if env.get("XDG_CACHE_HOME")
-                                             else default_cache_dir())
-        forced = _read(env, "FER_OPT_CPU_BF16", int, None)
+        cache = env.get(VARIABLES["DataOptions.cache_dir"]) or (
+            Path(env["XDG_CACHE_HOME"]) / "fer-optuna" if env.get("XDG_CACHE_HOME") else default_cache_dir())
+        forced = _read(env, "Settings.cpu_bf16", int, None)
         if forced not in (None, 0, 1):
-            raise FerOptError(f"FER_OPT_CPU_BF16={forced}: expected 0 or 1 (or leave it unset to detect)")
-        stores = StoreOptions(_read(env, "FER_OPT_HEARTBEAT", int, StoreOptions.heartbeat_seconds),
-                              _read(env, "FER_OPT_DB_RETRY_SECONDS", float, StoreOptions.db_retry_seconds),
-                              _read(env, "FER_OPT_ARTIFACT_RETRY_SECONDS", float, StoreOptions.artifact_retry_seconds))
-        return cls(DataOptions(Path(cache), _read(env, "FER_OPT_MAX_INPUT_MB", float, DataOptions.max_input_mb)),
+            raise FerOptError(f"{VARIABLES['Settings.cpu_bf16']}={forced}: expected 0 or 1 (or leave it unset to detect)")
+        stores = StoreOptions(_read(env, "StoreOptions.heartbeat_seconds", int, StoreOptions.heartbeat_seconds),
+                              _read(env, "StoreOptions.db_retry_seconds", float, StoreOptions.db_retry_seconds),
+                              _read(env, "StoreOptions.artifact_retry_seconds", float, StoreOptions.artifact_retry_seconds))
+        return cls(DataOptions(Path(cache), _read(env, "DataOptions.max_input_mb", float, DataOptions.max_input_mb)),
                    stores, None if forced is None else forced == 1)
 
 
-def _read(env: Mapping[str, str], name: str, kind: type, default):
+def _read(env: Mapping[str, str], setting: str, kind: type, default):
+    name = VARIABLES[setting]
     raw = env.get(name, "").strip()
     if not raw:
         return default

@@ -155,6 +155,8 @@ def test_bad_stores_are_one_line_without_secrets(s3, tmp_path, monkeypatch):
     # A notice that it waits, then one line: what was lost, for how long, how to fix it.
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "s3-test-secret" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: lost the artifact store s3://new-bucket/runs for over 1 s")
+    assert proc.stderr.strip().endswith("(StoreOptions.artifact_retry_seconds sets the wait) (environment: "
+                                        "FER_OPT_ARTIFACT_RETRY_SECONDS)")
     assert not optuna.get_all_study_names(f"sqlite:///{tmp_path}/s.db"), "nothing half-made"
     assert "artifacts in s3://new-bucket/runs" in fer_opt(*create, env=s3.env()).stdout  # the bucket is made
     folder = artifacts.ArtifactStore(str(tmp_path / "store"))

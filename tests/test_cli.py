@@ -75,6 +75,7 @@ def test_the_cli_hands_the_environment_to_the_library(tmp_path):
     bomb.write_bytes(gzip.compress(b"0" * (3 * 2**20)))
     proc = fer_opt("data", "inspect", bomb, env={"FER_OPT_MAX_INPUT_MB": "1"}, check=False)
     assert proc.returncode == 2 and "decompresses to more than 1 MB" in proc.stderr
+    assert proc.stderr.strip().endswith("(raise DataOptions.max_input_mb if it really is) (environment: FER_OPT_MAX_INPUT_MB)")
 
 
 def test_importing_and_plotting_change_no_global_state(tmp_path):

@@ -228,8 +228,11 @@ def test_undecodable_and_unknown_class_images(tmp_path):
 def test_zip_bomb_is_refused_by_size(tmp_path):
     path = tmp_path / "bomb.csv.gz"
     path.write_bytes(gzip.compress(b"0" * (3 * 2**20)))
-    with pytest.raises(FerOptError, match="decompresses to more than 1 MB"):
+    with pytest.raises(FerOptError, match="decompresses to more than 1 MB") as err:
         data.load(path, options=DataOptions(max_input_mb=1))
+    # In the library's terms; the CLI adds the variable (test_cli).
+    assert str(err.value).endswith("(raise DataOptions.max_input_mb if it really is)") and "FER_OPT" not in str(err.value)
+    assert err.value.setting == "DataOptions.max_input_mb"
 
 
 def test_missing_test_split_says_so(sample_csv):

@@ -31,12 +31,37 @@ def test_macs_are_counted_from_the_layers():
 
 
 def test_every_measure_of_a_model():
-    small, large = (costs.measure(TrainConfig(model="cnn3", hidden_dim=h)) for h in (SMALL, LARGE))
+    small, large = (costs.measure(TrainConfig(model="cnn3", hidden_dim=h), 7) for h in (SMALL, LARGE))
     assert set(small) == set(costs.MEASURES)
     assert small["params"] < 500_000 < 9_000_000 < large["params"]
     assert 0 < small["latency_ms"] < large["latency_ms"] and small["latency_ms"] < small["latency_b32_ms"]
     assert small["size_mb"] == pytest.approx(small["params"] * 4 / 1e6, rel=0.02)
-    assert costs.architecture(TrainConfig(lr=0.1, dropout=0.4)) == costs.architecture(TrainConfig())
+    assert costs.architecture(TrainConfig(lr=0.1, dropout=0.4), 7) == costs.architecture(TrainConfig(), 7)
+
+
+def test_a_trial_records_the_costs_of_the_model_it_trains_with_the_datas_classes(tmp_path, sample_csv):
+    """FER+'s eight classes (or a folder's N) make another head: other costs, under another key."""
+    import dataclasses
+
+    import torch
+    from fer_optuna.search import storage as fer_storage, worker
+    from fer_optuna.training import data
+    from fer_optuna.training.models import build_model, count_parameters
+    from test_labels import FERPLUS
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    fer_study.create(tiny_study(tmp_path / "s.yaml"), url, data=str(sample_csv))
+    study, spec = fer_study.load_study("tiny", fer_storage.open_storage(url))
+    eight = dataclasses.replace(data.load(sample_csv), classes=FERPLUS)
+    objective = worker.Objective(study, spec, eight, torch.device("cpu"), worker.WorkerOptions(study="tiny", storage=url, device="cpu"),
+                                 log=lambda m: None)
+    cfg = spec.train.replace(model="cnn3", hidden_dim=SMALL)
+    trial = study.ask()
+    objective._costs(trial, cfg)
+    recorded = study.get_trials()[trial.number].user_attrs
+    assert recorded["params"] == count_parameters(build_model("cnn3", 0.0, SMALL, cfg.width, 8))
+    assert recorded["params"] == count_parameters(build_model("cnn3", 0.0, SMALL, cfg.width, 7)) + SMALL + 1
+    assert recorded["architecture"] == costs.architecture(cfg, 8) != costs.architecture(cfg, 7)
 
 
 def test_latency_counts_this_threads_cpu_time_not_a_busy_hosts_wall_time():

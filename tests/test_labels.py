@@ -104,9 +104,14 @@ def test_distribution_targets_by_the_reference_rules(tmp_path):
         data.for_target(data.load(pixels), "distribution")
 
 
-def test_the_shared_votes_give_the_reference_counts():
+def test_the_shared_votes_give_the_reference_counts(tmp_path):
     d = data.load(SHARED / "fer2013.npz.xz", labels=SHARED / "fer2013new.csv")
     assert len(data.for_target(d, "majority").labels["train"]) == 25060 and len(d.labels["val"]) == 3199
+    # The full votes file goes on with PrivateTest, which these pixels lack: their rows still line up.
+    full = tmp_path / "fer2013new.csv"
+    full.write_text((SHARED / "fer2013new.csv").read_text().rstrip("\n") + "\n" + VOTES.split("\n", 13)[13])
+    again = data.load(SHARED / "fer2013.npz.xz", labels=full)
+    assert all((again.labels[s] == d.labels[s]).all() for s in ("train", "val")) and "test" not in again.labels
 
 
 @pytest.mark.parametrize("target", ["majority", "distribution"])
@@ -130,8 +135,6 @@ def test_soft_targets_train_with_smoothing_mixup_cutmix_and_class_weights(tmp_pa
 
 
 BAD_VOTES = {
-    "one row short": (VOTES.rsplit("\n", 2)[0] + "\n", "line 16: the last of 3 PrivateTest rows of the votes, but "),
-    "usage off": (VOTES.replace("Training,fer9999999", "PublicTest,fer9999999"), "line 9: the last of 8 Training rows of the votes, but "),
     "malformed": (VOTES.replace("fer0000002.png,5,0,0,3,1,0,0,0,1,0", "fer0000002.png,5,0,0,3,1,0,0,0,1"),
                   "line 4: 11 fields, expected 12"),
     "not counts": (VOTES.replace("fer0000003.png,4,", "fer0000003.png,2.5,"), "line 5: vote '2.5'"),
@@ -147,6 +150,70 @@ def test_bad_votes_are_one_line_naming_the_file_and_line(tmp_path, case):
     with pytest.raises(FerOptError) as e:
         data.load(pixels, labels=votes)
     assert str(e.value).startswith(f"{votes}, ") and message in str(e.value), str(e.value)
+
+
+# Rows that do not line up with the votes (VOTES: 9 Training, 3 PublicTest, 4 PrivateTest rows): the first row
+# whose Usage differs from the votes' row for it.
+SPLITS = {"Training": 9, "PublicTest": 3, "PrivateTest": 4}
+OUT_OF_ORDER = {
+    "PublicTest first": ({"PublicTest": 3, "Training": 9, "PrivateTest": 4}, VOTES,
+                         "row 1 is PublicTest, but the votes for it ({votes}, line 2, its row 1 of Training, PublicTest, "
+                         "PrivateTest) are for a Training row"),
+    "sorted by Usage": ({"PrivateTest": 4, "PublicTest": 3, "Training": 9}, VOTES, "row 1 is PrivateTest"),
+    "votes one row short": (SPLITS, VOTES.rsplit("\n", 2)[0] + "\n",
+                            "row 16 is PrivateTest, but {votes} has only 15 rows of Training, PublicTest, PrivateTest"),
+    "votes' Usage off": (SPLITS, VOTES.replace("Training,fer9999999", "PublicTest,fer9999999"),
+                         "row 9 is Training, but the votes for it ({votes}, line 10,"),
+    "votes one row long": ({"Training": 9, "PublicTest": 2}, VOTES,
+                           "has 11 rows, but {votes} goes on with Training, PublicTest rows (line 13)"),
+}
+
+
+@pytest.mark.parametrize("kind", ["csv", "npz"])
+@pytest.mark.parametrize("case", sorted(OUT_OF_ORDER))
+def test_rows_in_another_order_than_the_votes_are_refused_naming_the_first(tmp_path, case, kind):
+    splits, text, message = OUT_OF_ORDER[case]
+    pixels = write_csv(tmp_path / "fer2013.csv", synthetic_rows(splits))
+    if kind == "npz":  # the .npz edition keeps the rows' order as well
+        parsed = [row.split(",") for row in synthetic_rows(splits)]
+        np.savez(tmp_path / "fer2013.npz", images=np.array([p.split() for _, p, _ in parsed], np.uint8).reshape(-1, 48, 48),
+                 labels=np.array([int(e) for e, _, _ in parsed]), usage=np.array([u for _, _, u in parsed]))
+        pixels = tmp_path / "fer2013.npz"
+    votes = tmp_path / "fer2013new.csv"
+    votes.write_text(text)
+    for _ in ("parsed", "cached"):  # the cached parse keeps the order too
+        with pytest.raises(FerOptError) as e:
+            data.load(pixels, labels=votes)
+        assert str(e.value).startswith(f"{pixels}: ") and message.format(votes=votes) in str(e.value), str(e.value)
+        assert str(e.value).endswith("give the data in the original row order of fer2013.csv, as Kaggle ships it")
+    assert data.load(pixels).cache_file
+
+
+def test_votes_line_up_with_a_source_that_lacks_splits(tmp_path):
+    """A source with only some of the votes' splits, in their order, takes the votes for its rows; without val,
+    val is carved from train after the votes, among faces with a majority label."""
+    votes = tmp_path / "fer2013new.csv"
+    votes.write_text(VOTES)
+    no_test = write_csv(tmp_path / "no-test.csv", synthetic_rows({"Training": 9, "PublicTest": 3}))
+    assert data.load(no_test, labels=votes).labels["val"].tolist() == [7, 0]
+    train_only = write_csv(tmp_path / "train.csv", synthetic_rows({"Training": 9}))
+    d = data.load(train_only, labels=votes)
+    raw = data.load(no_test)  # the same Training rows
+    assert len(d.labels["val"]) == 1 and "carved" in d.notes[-1] and "test" not in d.labels
+    # Val holds one of the three faces with a majority label (rows 1, 2, 8), with that label; train the rest.
+    [row] = [i for i in (1, 2, 8) if (raw.images["train"][i] == d.images["val"][0]).all()]
+    assert d.labels["val"].tolist() == [{1: 0, 2: 0, 8: 7}[row]]
+    assert len(d.labels["train"]) == 4 and int(d.votes["majority"].sum()) == 2
+    assert len(data.for_target(d, "distribution").soft) == 4
+
+
+def test_an_image_folder_takes_no_votes(tmp_path):
+    root = _tree(tmp_path / "tree", {"train": ("happy", "sad"), "test": ("happy", "sad")}, n=1)
+    (tmp_path / "fer2013new.csv").write_text(VOTES)
+    proc = fer_opt("train", "--data", root, "--labels", tmp_path / "fer2013new.csv", "--out", tmp_path / "m.pt", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
+    assert "an image folder has no row order for FER+ votes to follow; give the votes with the Kaggle fer2013.csv " \
+           "(or a prepared .npz) as the data (command line: --labels)" in proc.stderr
 
 
 def test_bad_votes_on_the_cli_exit_2_and_write_nothing(tmp_path):

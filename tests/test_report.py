@@ -43,6 +43,9 @@ def test_ensemble_of_the_top_trials_evaluates_and_predicts_like_a_model(finished
     assert ckpt["kind"] == "ensemble" and len(ckpt["members"]) == 3
     best3 = sorted((t for t in study.trials), key=lambda t: t.value, reverse=True)[:3]
     assert ckpt["meta"]["trials"] == [t.number for t in best3]
+    none = fer_opt("ensemble", "--storage", url, "--top", "0", "-o", tmp_path / "none.pt", check=False)
+    assert none.returncode == 2 and not (tmp_path / "none.pt").exists()
+    assert none.stderr.strip() == "error: top is 0: an ensemble needs one trial or more (command line: --top)"
     report = json.loads(fer_opt("evaluate", "--model", ens, "--data", sample_csv, "--json", "--tta").stdout)
     assert report["n"] == 150 and report["tta"] is True
     face = tmp_path / "face.png"

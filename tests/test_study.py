@@ -80,6 +80,9 @@ def test_create_study_is_idempotent_and_guards_its_name(tmp_path, sample_csv):
         fer_study.create(other, url, data=str(sample_csv), skip_if_exists=True)
     replaced, new = fer_study.create(other, url, data=str(sample_csv), replace=True)
     assert new and fer_study.load_study("tiny", fer_storage.open_storage(url))[1].n_trials == 9
+    with pytest.raises(FerOptError, match=r"^no data path: give one \(data=PATH\) or put data: in the study file$") as err:
+        fer_study.create(TINY, f"sqlite:///{tmp_path}/none.db")  # the CLI adds --data
+    assert err.value.flag == "--data"
 
 
 def test_unreachable_storage_is_one_line_with_masked_password():

@@ -86,9 +86,9 @@ class ArtifactStore:
                 call, _is_transient, seconds,
                 warn=lambda e: _log.warning("artifact store %s unavailable (%s); retrying for up to %.0f s", self.url,
                                             _reason(e), seconds),
-                gave_up=lambda e: StoreUnavailable(f"lost the artifact store {self.url} for over {seconds:.0f} s "
-                                                   f"({_reason(e)}); check that it is up (FER_OPT_ARTIFACT_RETRY_SECONDS "
-                                                   "sets the wait)"))
+                gave_up=lambda e: StoreUnavailable(
+                    f"lost the artifact store {self.url} for over {seconds:.0f} s ({_reason(e)}); check that it is up "
+                    "(StoreOptions.artifact_retry_seconds sets the wait)", setting="StoreOptions.artifact_retry_seconds"))
         except (ArtifactNotFound, FerOptError):
             raise
         except Exception as e:

@@ -53,6 +53,8 @@ class TrialCheckpoints:
 
 def build_ensemble(study: optuna.Study, top: int, out: Path,
                    options: StoreOptions | None = None) -> list[optuna.trial.FrozenTrial]:
+    if top < 1:
+        raise FerOptError(f"top is {top}: an ensemble needs one trial or more", flag="--top")
     found = TrialCheckpoints(study, options)
     trials = found.best(top)
     checkpoints.save_ensemble(out, [found.load(t) for t in trials], study=study.study_name,

@@ -275,7 +275,7 @@ def single_study_name(storage: optuna.storages.BaseStorage) -> str:
 def resolve_data(data: str | None, spec: StudySpec, spec_dir: Path) -> str:
     path = data or spec.data
     if not path:
-        raise FerOptError("no data path: give one (data=PATH, FER_OPT_DATA) or put data: in the study file", flag="--data")
+        raise FerOptError("no data path: give one (data=PATH) or put data: in the study file", flag="--data")
     resolved = Path(path).expanduser()
     if not resolved.is_absolute() and not data:
         resolved = spec_dir / resolved  # a study file's data: is relative to the file

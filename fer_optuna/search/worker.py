@@ -172,14 +172,15 @@ class Objective:
         An architecture is measured once per study: a trial that shares it with an earlier one takes
         that one's figures, so that latency noise cannot rank two equal models, nor hosts with other
         CPUs rank one architecture twice."""
-        key = fer_costs.architecture(cfg)
+        n_classes = len(self.data.classes)  # the head of the model that trains
+        key = fer_costs.architecture(cfg, n_classes)
         earlier = next((t for t in self.study.get_trials(deepcopy=False)
                         if t.user_attrs.get("architecture") == key and "latency_ms" in t.user_attrs), None)
         if earlier is not None:
             costs = {name: earlier.user_attrs[name] for name in fer_costs.MEASURES}
             trial.set_user_attr("costs_from_trial", earlier.number)
         else:
-            costs = fer_costs.measure(cfg)
+            costs = fer_costs.measure(cfg, n_classes)
             trial.set_user_attr("costs_host", socket.gethostname())
         trial.set_user_attr("architecture", key)
         for name, value in costs.items():

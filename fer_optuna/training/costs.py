@@ -1,7 +1,7 @@
 """What a model costs where it is deployed: parameters, multiply-accumulates, file size and CPU latency.
 
-All of them follow from the architecture alone (a dense CNN does the same arithmetic whatever
-its weights), so they are known before a model trains: a search can skip a configuration that
+All of them follow from the architecture and the number of classes alone (a dense CNN does the
+same arithmetic whatever its weights), so they are known before a model trains: a search can skip a configuration that
 breaks a limit in seconds.
 
 Latency is that of the exported ONNX graph (pixel pipeline and softmax included) under ONNX
@@ -97,14 +97,16 @@ def latency_ms(graph: bytes, batch: int, min_runs: int = 30, min_seconds: float 
     return runs
 
 
-def architecture(cfg: TrainConfig) -> str:
+def architecture(cfg: TrainConfig, n_classes: int) -> str:
     """What the exported graph depends on; configs that differ only in training have the same costs."""
-    return f"{cfg.model} width {cfg.width:g} hidden {cfg.hidden_dim} equalize {cfg.equalize} smooth {cfg.smooth:g}"
+    return (f"{cfg.model} width {cfg.width:g} hidden {cfg.hidden_dim} equalize {cfg.equalize} smooth {cfg.smooth:g} "
+            f"classes {n_classes}")
 
 
-def measure(cfg: TrainConfig) -> dict[str, float]:
-    """Every measure in MEASURES for the config's architecture; latencies are medians."""
-    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width)
+def measure(cfg: TrainConfig, n_classes: int) -> dict[str, float]:
+    """Every measure in MEASURES for the config's architecture with a head of n_classes, the model that trains
+    on data with that many classes; latencies are medians."""
+    model = build_model(cfg.model, cfg.dropout, cfg.hidden_dim, cfg.width, n_classes)
     weights = io.BytesIO()
     torch.save(model.state_dict(), weights)
     graph = onnx_bytes(model, cfg)  # the graph `fer-opt export --onnx` writes

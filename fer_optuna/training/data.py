@@ -40,7 +40,7 @@ FOLDER_TO_SPLIT = {"train": "train", "training": "train", "val": "val", "validat
 # The image files read (with Pillow): a dataset's class folders, and photos to find faces in.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 # Bump when parsing changes, so that old caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 VAL_FRACTION = 0.1
 # A valid row is under 10 kB (2304 values of at most 3 digits); anything far
 # longer is a broken or hostile file, refused before it is parsed.
@@ -62,6 +62,9 @@ class FerData:
     # "majority" (bool: the face has a majority label) and "distribution" (float32 (N, classes)).
     votes: dict[str, np.ndarray] = field(default_factory=dict)
     soft: np.ndarray | None = None  # float32 (N_train, classes): the train split's soft targets, if any
+    # Each row's Usage (USAGE_CODE) in the source's order, which FER+ votes are matched against; None for a folder
+    # (it has no row order) and once votes have relabelled the rows.
+    usage: np.ndarray | None = None
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in self.images:
@@ -81,7 +84,7 @@ class FerData:
 # --------------------------------------------------------------------------- CSV
 
 
-def _parse_csv(stream: BinaryIO, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _parse_csv(stream: BinaryIO, name: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """The Kaggle CSV, read a block of rows at a time by pandas' C parser, so that memory stays bounded
     (a few blocks and the images) whatever the file's size; every row is checked as strictly as one by one."""
     header_line = stream.readline(MAX_LINE_BYTES + 1).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
@@ -184,13 +187,17 @@ class _CsvRows:
     def cell(self, frame, column: str):
         return frame[self.col[column]].str.strip().str.strip('"')
 
-    def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def splits(self) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
         if not self.labels:
             raise FerOptError(f"{self.name}: has a header but no data rows")
         images, labels, usage = (np.concatenate(a) for a in (self.images, self.labels, self.usages))
         self.images.clear()  # one copy of the images at a time
-        return {USAGE_TO_SPLIT[u]: (images[usage == c], labels[usage == c])
-                for u, c in USAGE_CODE.items() if (usage == c).any()}
+        return _by_usage(images, labels, usage), usage
+
+
+def _by_usage(images: np.ndarray, labels: np.ndarray, usage: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split's rows, in the source's order; `usage` holds USAGE_CODE values."""
+    return {USAGE_TO_SPLIT[u]: (images[usage == c], labels[usage == c]) for u, c in USAGE_CODE.items() if (usage == c).any()}
 
 
 # Byte classes for the pixel parser: 0 a digit, 1 a separator, 2 anything else.
@@ -246,7 +253,7 @@ def _parse_pixels(pixels: list[str], line_numbers: np.ndarray, name: str) -> np.
 # --------------------------------------------------------------------------- npz
 
 
-def _parse_npz(stream: BinaryIO, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _parse_npz(stream: BinaryIO, name: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     try:
         with np.load(stream, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -272,11 +279,10 @@ def _parse_npz(stream: BinaryIO, name: str) -> dict[str, tuple[np.ndarray, np.nd
         raise FerOptError(
             f"{name}, row {unknown[0]}: usage {usage[unknown[0]]!r}; expected Training, PublicTest or PrivateTest"
         )
-    return {
-        USAGE_TO_SPLIT[u]: (images[usage == u].astype(np.uint8), labels[usage == u].astype(np.int64))
-        for u in USAGE_TO_SPLIT
-        if (usage == u).any()
-    }
+    codes = np.zeros(n, np.uint8)
+    for u, c in USAGE_CODE.items():
+        codes[usage == u] = c
+    return _by_usage(images.astype(np.uint8, copy=False), labels.astype(np.int64, copy=False), codes), codes
 
 
 # --------------------------------------------------------------------------- image folders
@@ -367,15 +373,20 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     return np.sort(np.concatenate(picked))
 
 
-def _carve_val(splits: dict, seed: int = 0) -> tuple[dict, tuple[str, ...]]:
-    if "val" in splits or "train" not in splits:
-        return splits, ()
-    images, labels = splits["train"]
-    val = stratified_indices(labels, VAL_FRACTION, seed)
+def _carve_val(data: FerData, seed: int = 0) -> FerData:
+    """Without a val split, a stratified part of train becomes one; after the votes, so that its faces have a
+    majority label, as in any val split (with votes, train keeps the faces that have only a distribution)."""
+    if "val" in data.images or "train" not in data.images:
+        return data
+    images, labels = data.split("train")
+    rows = np.flatnonzero(data.votes["majority"]) if data.votes else np.arange(len(labels))
+    val = rows[stratified_indices(labels[rows], VAL_FRACTION, seed)]
     train = np.setdiff1d(np.arange(len(labels)), val)
-    splits = {**splits, "train": (images[train], labels[train]), "val": (images[val], labels[val])}
     note = f"no val split in the source: carved a stratified {VAL_FRACTION:.0%} of train as val (seed {seed})"
-    return splits, (note,)
+    return dataclasses.replace(
+        data, images={**data.images, "train": images[train], "val": images[val]},
+        labels={**data.labels, "train": labels[train], "val": labels[val]},
+        votes={k: v[train] for k, v in data.votes.items()}, notes=data.notes + (note,))
 
 
 # --------------------------------------------------------------------------- cache
@@ -398,8 +409,9 @@ def _source_key(path: Path, files: dict | None, resize: bool) -> str:
 def _save_cache(target: Path, data: FerData) -> None:
     arrays = {f"{s}_images": data.images[s] for s in data.images}
     arrays |= {f"{s}_labels": data.labels[s] for s in data.labels}
-    arrays["notes"] = np.array(data.notes, dtype=str)
     arrays["classes"] = np.array(data.classes, dtype=str)
+    if data.usage is not None:
+        arrays["usage"] = data.usage
     # Two processes building the same cache both end with a whole one.
     with PartialFile(target) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -410,11 +422,11 @@ def _load_cache(target: Path, source: str) -> FerData | None:
         with np.load(target, allow_pickle=False) as archive:
             images = {s: archive[f"{s}_images"] for s in SPLITS if f"{s}_images" in archive.files}
             labels = {s: archive[f"{s}_labels"] for s in SPLITS if f"{s}_labels" in archive.files}
-            notes = tuple(str(n) for n in archive["notes"])
-            classes = tuple(str(c) for c in archive["classes"]) if "classes" in archive.files else CLASSES
+            classes = tuple(str(c) for c in archive["classes"])
+            usage = archive["usage"] if "usage" in archive.files else None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # unreadable cache: rebuilt from the source
-    return FerData(images, labels, source, notes, str(target), classes)
+    return FerData(images, labels, source, cache_file=str(target), classes=classes, usage=usage)
 
 
 def cache_path(path: str | Path, resize: bool = False, options: DataOptions | None = None) -> Path:
@@ -441,9 +453,13 @@ def load(path: str | Path, resize: bool = False, use_cache: bool = True, options
     """Load FER2013 from `path`, from the cache (options.cache_dir) when the same content was parsed before;
     `labels`: FER+ votes for the same rows (votes.py), which replace the source's labels."""
     options = options or DataOptions()
+    if labels and Path(path).expanduser().is_dir():
+        raise FerOptError(f"{path}: an image folder has no row order for FER+ votes to follow; give the votes with "
+                          "the Kaggle fer2013.csv (or a prepared .npz) as the data", flag="--labels")
     votes = fer_votes.read(labels, options.max_input_bytes) if labels else None
     data = _load_pixels(path, resize, use_cache, options)
-    return with_votes(data, votes) if votes else data
+    # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
+    return _carve_val(with_votes(data, votes) if votes else data)
 
 
 def classes_of(path: str | Path, labels: str | Path | None = None, options: DataOptions | None = None) -> tuple[str, ...]:
@@ -466,14 +482,12 @@ def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataO
         if cached is not None:
             return cached
     if files is not None:
-        splits = _parse_folder(files, resize)
+        splits, usage = _parse_folder(files, resize), None
     else:
         with open_payload(path, options.max_input_bytes) as (kind, stream, name):
-            splits = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
-    # Only training needs Training rows (FerData.split says so); evaluating a test-only file must work.
-    splits, notes = _carve_val(splits)
-    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path), notes,
-                   classes=classes)
+            splits, usage = _parse_npz(stream, name) if kind == "npz" else _parse_csv(stream, name)
+    data = FerData({s: v[0] for s, v in splits.items()}, {s: v[1] for s, v in splits.items()}, str(path),
+                   classes=classes, usage=usage)
     if use_cache:
         try:
             _save_cache(target, data)
@@ -489,18 +503,11 @@ def _load_pixels(path: str | Path, resize: bool, use_cache: bool, options: DataO
 def with_votes(data: FerData, votes: fer_votes.Votes) -> FerData:
     """The pixels labelled by FER+ votes, row i by row i: val and test keep the faces with a majority label;
     train keeps every face with a target (see for_target)."""
+    _check_order(data, votes)
     splits = {}
     for usage, split in USAGE_TO_SPLIT.items():
         rows = np.flatnonzero(votes.usage == usage)
-        have = len(data.labels.get(split, ()))
-        if len(rows) != have:
-            more = len(rows) > have
-            line = votes.lines[rows[have]] if more else (votes.lines[rows[-1]] if len(rows) else votes.lines[-1])
-            where = f"{usage} row {have + 1}" if more else f"the last of {len(rows)} {usage} rows"
-            raise FerOptError(f"{votes.source}, line {line}: {where} of the votes, but {data.source} has {have}; row i "
-                              "of the votes labels row i of the pixels: give the votes for the same rows in the same order",
-                              flag="--labels")
-        if have:
+        if split in data.labels:
             counts, named = votes.counts[rows], votes.named[rows]
             majority, dist = fer_votes.majority(counts), fer_votes.distribution(counts)
             keep = named & ((dist.sum(1) > 0) if split == "train" else (majority >= 0))
@@ -513,8 +520,32 @@ def with_votes(data: FerData, votes: fer_votes.Votes) -> FerData:
     note = f"labels: the FER+ votes in {votes.source}; faces with a label: {', '.join(faces)}"
     return dataclasses.replace(
         data, images={s: v[0] for s, v in splits.items()}, labels={s: v[1] for s, v in splits.items()},
-        notes=data.notes + (note,), classes=votes.classes,
+        notes=data.notes + (note,), classes=votes.classes, usage=None,
         votes={"majority": train[2], "distribution": train[3]} if train else {})
+
+
+def _check_order(data: FerData, votes: fer_votes.Votes) -> None:
+    """Row by row, the data's Usage is the votes' Usage, over the splits the data has (a copy may lack some):
+    the votes are matched to the rows by position, so a copy in another order would give faces others' votes."""
+    assert data.usage is not None, "votes are matched to a source's rows before anything changes them"
+    codes = np.array([USAGE_CODE[u] for u in votes.usage], np.uint8)
+    mine = np.isin(codes, data.usage)
+    theirs, lines, ours = codes[mine], votes.lines[mine], data.usage
+    n = min(len(theirs), len(ours))
+    differ = np.flatnonzero(theirs[:n] != ours[:n])
+    if not len(differ) and len(theirs) == len(ours):
+        return
+    names, k = list(USAGE_CODE), differ[0] if len(differ) else n
+    kinds = ", ".join(u for u, c in USAGE_CODE.items() if c in ours)
+    if k == len(ours):
+        what = f"has {len(ours)} rows, but {votes.source} goes on with {kinds} rows (line {lines[k]})"
+    elif k == len(theirs):
+        what = f"row {k + 1} is {names[ours[k]]}, but {votes.source} has only {len(theirs)} rows of {kinds}"
+    else:
+        what = (f"row {k + 1} is {names[ours[k]]}, but the votes for it ({votes.source}, line {lines[k]}, its row "
+                f"{k + 1} of {kinds}) are for a {names[theirs[k]]} row")
+    raise FerOptError(f"{data.source}: {what}; the votes label the rows by position, so give the data in the "
+                      "original row order of fer2013.csv, as Kaggle ships it", flag="--labels")
 
 
 def for_target(data: FerData, target: str) -> FerData:

@@ -51,7 +51,7 @@ class _Guarded(io.RawIOBase):
         self.read_so_far += len(data)
         if self.read_so_far > self.limit:
             raise FerOptError(f"{self.name}: decompresses to more than {self.limit // 2**20} MB; this is not a FER2013 "
-                              "file (raise max_input_mb, FER_OPT_MAX_INPUT_MB, if it really is)")
+                              "file (raise DataOptions.max_input_mb if it really is)", setting="DataOptions.max_input_mb")
         buffer[:len(data)] = data
         return len(data)
 
