@@ -84,7 +84,7 @@ def test_the_dashboard_lists_and_previews_a_trials_artifacts(s3, tmp_path, sampl
     spec = tiny_study(tmp_path / "one.yaml", n_trials=1, train={"epochs": 2})
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv, "--artifacts", f"s3://{bucket}",
             env=s3.env())
-    fer_opt("worker", "--storage", url, "--gpu", "cpu", env=s3.env())
+    fer_opt("worker", "--storage", url, "--gpu", "cpu", "--checkpoint-dir", tmp_path / "ckpt", env=s3.env())
     study = optuna.load_study(study_name="tiny", storage=url)
     [trial] = study.trials
     server, port = start_dashboard(tmp_path / "dashboard.log", "--storage", url, cwd=tmp_path, env=s3.env())
@@ -169,7 +169,7 @@ def test_a_sqlite_study_keeps_its_artifacts_beside_the_database_and_copy_says_so
     spec = tiny_study(tmp_path / "one.yaml", n_trials=1, train={"epochs": 1})
     out = fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv).stdout
     assert f"artifacts in {tmp_path / 'artifacts'}" in out
-    fer_opt("worker", "--storage", url, "--gpu", "cpu")
+    fer_opt("worker", "--storage", url, "--gpu", "cpu", "--checkpoint-dir", tmp_path / "ckpt")
     [trial] = optuna.load_study(study_name="tiny", storage=url).trials
     ckpt = checkpoints.read_checkpoint(tmp_path / "artifacts" / trial.user_attrs["checkpoint_artifact"])
     assert ckpt["kind"] == "model"

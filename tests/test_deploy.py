@@ -103,7 +103,7 @@ def test_a_constrained_study_skips_infeasible_trials_and_exports_the_best_feasib
         constraints={"params": {"max": 2_000_000}}, enqueue=[{"hidden_dim": LARGE, "lr": 1e-3}])
     fer_opt("create-study", "--config", spec, "--storage", storage_url, "--data", sample_csv)
     started = time.monotonic()
-    fer_opt("worker", "--storage", storage_url, "--gpu", "cpu", "--threads", "1")
+    fer_opt("worker", "--storage", storage_url, "--gpu", "cpu", "--threads", "1", "--checkpoint-dir", tmp_path / "ckpt")
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     trials = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))  # pruning still works
     infeasible = [t for t in trials if t.params["hidden_dim"] == LARGE]
