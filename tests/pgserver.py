@@ -5,11 +5,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from ports import PortTaken, clash, serve
 
 USER, PASSWORD = "fer", "pg-test-secret"
 
@@ -17,12 +18,6 @@ USER, PASSWORD = "fer", "pg-test-secret"
 def find_bin() -> Path | None:
     initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None)
     return Path(os.path.realpath(initdb)).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresServer:
@@ -33,7 +28,7 @@ class PostgresServer:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.root = Path(tempfile.mkdtemp(prefix="fer-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = 0  # start() picks it
         if self.as_user:
             shutil.chown(self.root, "postgres", "postgres")
 
@@ -46,8 +41,20 @@ class PostgresServer:
         if self.as_user:
             shutil.chown(pwfile, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", USER, f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8")
-        self.pg_ctl("start")
+        serve(self._start_on)
         return self
+
+    def _start_on(self, port: int) -> None:
+        self.port = port
+        log = self.root / "log"
+        seen = log.stat().st_size if log.exists() else 0
+        try:
+            self.pg_ctl("start")
+        except subprocess.CalledProcessError:
+            # "could not bind IPv4 address "127.0.0.1": Address already in use", in this try's part of the log
+            if clash(log.read_bytes()[seen:].decode(errors="replace")):
+                raise PortTaken(port) from None
+            raise
 
     def pg_ctl(self, action: str, mode: str = "fast") -> None:
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"

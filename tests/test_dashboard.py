@@ -2,10 +2,9 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY, fer_opt
+from ports import serve, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,26 @@ def _chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_dashboard(log: Path, *args, cwd: Path = ROOT, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """`fer-opt dashboard ARGS` once it listens on a port of its own, and that port; its output in `log`."""
+    def start(port: int) -> tuple[subprocess.Popen, int]:
+        server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", *map(str, args), "--port", str(port)],
+                                  cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            wait_listening(server, port, log.read_text)
+        except BaseException:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+            raise
+        return server, port
+
+    return serve(start)
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait(timeout=30)
 
 
 def _browser(chromium: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -70,14 +86,9 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
         for epoch in (1, 2):
             trial.report(value - 0.1 / epoch, epoch)
         study.tell(trial, value)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url, "--port", str(port)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "dashboard.log"
+    server, port = start_dashboard(log, "--storage", url)
     try:
-        deadline = time.monotonic() + 60
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert server.poll() is None and time.monotonic() < deadline, "dashboard did not start"
-            time.sleep(0.3)
         page = f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials"
         for _ in range(3):  # the page is a JavaScript app: a slow first start may catch it still loading
             dom = _browser(chromium, tmp_path, "--dump-dom", page).stdout
@@ -92,17 +103,12 @@ def test_dashboard_shows_the_study_and_its_trials_in_a_browser(tmp_path):
         if os.environ.get("FER_OPT_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["FER_OPT_KEEP_SCREENSHOT"])
     finally:
-        server.terminate()
-        out = server.communicate(timeout=30)[0]
-    assert f"http://127.0.0.1:{port}/dashboard/" in out
+        stop(server)
+    assert f"http://127.0.0.1:{port}/dashboard/" in log.read_text()
 
 
 def test_dashboard_warns_when_exposed(tmp_path):
-    url = f"sqlite:///{tmp_path}/s.db"
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "fer_optuna.cli", "dashboard", "--storage", url, "--host", "0.0.0.0",
-                               "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    server.terminate()
-    _, err = server.communicate(timeout=30)
-    assert "warning: listening on 0.0.0.0" in err
+    log = tmp_path / "dashboard.log"
+    server, _ = start_dashboard(log, "--storage", f"sqlite:///{tmp_path}/s.db", "--host", "0.0.0.0")
+    stop(server)  # it warns before it listens
+    assert "warning: listening on 0.0.0.0: anyone who can reach this machine" in log.read_text()

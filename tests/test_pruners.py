@@ -6,7 +6,7 @@ from optuna.trial import TrialState
 
 from conftest import tiny_study
 from fer_optuna.errors import FerOptError
-from fer_optuna.search import pruners
+from fer_optuna.search import optuna_private, pruners
 from fer_optuna.search import study as fer_study
 from fer_optuna.search.storage import open_storage
 
@@ -81,7 +81,9 @@ def test_tpe_reads_a_two_objective_study_with_pruned_trials():
     study = run(pruners.MultiObjectiveTPESampler(seed=0, n_startup_trials=2))
     assert [t.state for t in study.trials].count(TrialState.PRUNED) == 2
     assert all(t.intermediate_values == {1: 0.3} for t in study.trials if t.state == TrialState.PRUNED)
-    assert study.pruner is not None and all(t.values for t in study.best_trials)
+    # what TPE read: the pruned trials, without their reports (so ranked after the complete ones)
+    seen = getattr(pruners._PrunedWithoutReports(study), optuna_private.TPE_READS_TRIALS)(deepcopy=False)
+    assert [(t.number, t.intermediate_values) for t in seen if t.state == TrialState.PRUNED] == [(2, {}), (5, {})]
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")

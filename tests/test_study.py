@@ -1,8 +1,6 @@
-import threading
-import time
-
 import optuna
 import pytest
+import sqlalchemy
 
 from conftest import ROOT, TINY, fer_opt, tiny_study
 from fer_optuna.search import storage as fer_storage
@@ -95,7 +93,7 @@ def test_unreachable_storage_is_one_line_with_masked_password():
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize, to stage two trials
-def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path):
+def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path, monkeypatch):
     """Just after a database outage every running trial's heartbeat is old; only one that stays old is stale."""
     storage = fer_storage.open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=True,
                                        options=StoreOptions(heartbeat_seconds=1))  # grace period 3 s
@@ -103,9 +101,17 @@ def test_a_heartbeat_that_resumes_after_an_outage_is_not_stale(tmp_path):
     live, dead = study.ask(), study.ask()
     for trial in (live, dead):
         storage.record_heartbeat(trial._trial_id)
-    time.sleep(4.5)  # SQLite's clock counts whole seconds: at least 4 > 3 s old
-    threading.Timer(0.5, storage.record_heartbeat, (live._trial_id,)).start()  # the live worker's heartbeat resumes
+    with storage.engine.begin() as db:  # both beat last a minute ago, before the outage
+        db.execute(sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-60 seconds')"))
+    waits = []
+
+    def live_worker_beats_while_waited_for(seconds):
+        waits.append(seconds)
+        storage.record_heartbeat(live._trial_id)
+
+    monkeypatch.setattr(fer_storage.time, "sleep", live_worker_beats_while_waited_for)
     assert storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+    assert waits == [2], "stale trials are confirmed two heartbeat intervals later"
 
 
 def test_export_requires_a_complete_trial(tmp_path, sample_csv):

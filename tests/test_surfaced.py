@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fer_optuna.errors import FerOptError
-from test_dashboard import _free_port
+from ports import free_port
 from fer_optuna.search.worker import EpochReporter
 from fer_optuna.training import checkpoints
 from fer_optuna.training.config import TrainConfig
@@ -60,7 +60,7 @@ def test_a_dashboard_that_dies_is_reported_with_its_log(tmp_path):
     said = []
     log_path = tmp_path / "out" / "dashboard.log"
     # a storage URL the dashboard cannot open: it exits at once with its one-line error
-    board = pipeline._dashboard("nosuchdb://x", _free_port(), log_path, said.append)
+    board = pipeline._dashboard("nosuchdb://x", free_port(), log_path, said.append)
     board.watcher.join(timeout=60)
     assert str(log_path) in said[0], "the start line names the log"
     assert said[-1].startswith("the dashboard exited (status 2)") and str(log_path) in said[-1]
@@ -71,7 +71,7 @@ def test_a_dashboard_stopped_by_the_job_is_not_reported_as_dead(tmp_path):
     from fer_optuna import pipeline
 
     said = []
-    board = pipeline._dashboard(f"sqlite:///{tmp_path}/s.db", _free_port(), tmp_path / "dashboard.log", said.append)
+    board = pipeline._dashboard(f"sqlite:///{tmp_path}/s.db", free_port(), tmp_path / "dashboard.log", said.append)
     board.stop()
     board.watcher.join(timeout=60)
     assert len(said) == 1, said

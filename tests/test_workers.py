@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, TINY, fer_opt, fer_opt_interrupted, tiny_study
+from held import held_command, held_file, release
 from fer_optuna.training import checkpoints
 from fer_optuna.search import storage as fer_storage
 from fer_optuna.search import study as fer_study
@@ -24,10 +25,20 @@ from fer_optuna.training.config import load_config
 pytestmark = pytest.mark.slow
 
 
-def start_worker(url: str, log: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "fer_optuna.cli", "worker", "--storage", url, "--gpu", "cpu", "--threads", "1", *args]
+def start_worker(url: str, log: Path, *args: str, env: dict | None = None, held_after: int = 0) -> subprocess.Popen:
+    """A worker process, its trial files beside its log unless args say where (the default, studies/checkpoints
+    in the checkout, would hand one test's saved epochs to another's trial of the same number); with held_after,
+    its first trial is held after that epoch (tests/held.py) until release(log)."""
+    cmd = ["worker", "--storage", url, "--gpu", "cpu", "--threads", "1", "--checkpoint-dir", log.parent / "checkpoints", *args]
+    cmd = held_command(held_after, log, *cmd) if held_after else [sys.executable, "-m", "fer_optuna.cli", *map(str, cmd)]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "FER_OPT_HEARTBEAT": "1", **(env or {})})
+
+
+def wait_held(proc: subprocess.Popen, log: Path) -> None:
+    """Wait until a process started through tests/held.py, its output in `log`, holds its trial."""
+    wait_for(lambda: held_file(log).exists() or proc.poll() is not None, 300, "the trial to be held")
+    assert proc.poll() is None, f"the worker exited ({proc.returncode}) before holding its trial:\n{log.read_text()}"
 
 
 def budget_drops(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -138,17 +149,17 @@ def test_four_workers_share_one_study_then_export_train_evaluate(postgres, tmp_p
 
 def test_sigkilled_workers_trial_is_failed_and_retried(tmp_path, sample_csv):
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 4}, n_trials=2)  # killed after its first epoch
+    tiny_study(spec, train={"epochs": 3}, n_trials=2)  # killed after its first epoch
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
-    victim = start_worker(url, tmp_path / "victim.log")
-    study = load(url)
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.get_trials()), 120,
-             "the first trial to report an epoch")
+    victim = start_worker(url, tmp_path / "victim.log", held_after=1)
+    wait_held(victim, tmp_path / "victim.log")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    study = load(url)
     killed = study.get_trials()[0]
     assert killed.state == TrialState.RUNNING, "SIGKILL leaves the trial RUNNING until a heartbeat check"
+    assert killed.intermediate_values.keys() == {1}, "killed mid-trial, after epoch 1"
 
     rescuer = start_worker(url, tmp_path / "rescuer.log")
     assert rescuer.wait(timeout=300) == 0, (tmp_path / "rescuer.log").read_text()
@@ -166,17 +177,18 @@ def test_a_worker_whose_trial_was_failed_as_stale_drops_it_and_goes_on(tmp_path,
     """What a worker finds after losing the database for longer than the grace period:
     another worker has failed its trial as stale and re-queued it."""
     spec = tmp_path / "slow.yaml"
-    tiny_study(spec, train={"epochs": 5}, n_trials=2)  # failed after its second epoch
+    tiny_study(spec, train={"epochs": 4}, n_trials=2)  # failed after its second epoch, found out after its third
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
-    proc = start_worker(url, tmp_path / "w.log", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    log = tmp_path / "w.log"
+    proc = start_worker(url, log, "--checkpoint-dir", str(tmp_path / "ckpt"), held_after=2)
+    wait_held(proc, log)
     study = load(url)
-    wait_for(lambda: any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in study.get_trials()),
-             120, "a trial to report two epochs")
-    running = study.get_trials(states=(TrialState.RUNNING,))[0]
+    [running] = study.get_trials(states=(TrialState.RUNNING,))
+    assert running.intermediate_values.keys() == {1, 2}
     study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # as fail_stale_trials does
     fer_storage.open_storage(url, heartbeat=True).get_heartbeat_stale_trial_callback()(study, running)  # the workers' own retry
-    log = tmp_path / "w.log"
+    release(log)
     assert proc.wait(timeout=300) == 0, log.read_text()
     assert f"trial {running.number} was failed as stale by another worker" in log.read_text()
     assert "Traceback" not in log.read_text()
