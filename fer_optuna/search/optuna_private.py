@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
@@ -95,8 +96,6 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
         """RDBStorage.set_trial_state_values, step for step (the trial's row locked, finished trials refused,
         a claim only of a WAITING trial), and where it sets the state, the trial system attribute
         STATE_TOKEN = token in the same transaction: the token is there if and only if this write was made."""
-        import sqlalchemy.exc
-
         try:
             with _create_scoped_session(self.scoped_session) as session:
                 trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
@@ -122,8 +121,6 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
                                      token: str) -> int:
         """RDBStorage.create_new_study (a unique name when none is given; a name taken is a
         DuplicatedStudyError), with the study system attribute CREATE_TOKEN = token in the same transaction."""
-        import sqlalchemy.exc
-
         try:
             with _create_scoped_session(self.scoped_session) as session:
                 if study_name is None:
