@@ -80,7 +80,7 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
         return super()._get_prepared_new_trial(study_id, template_trial, session)
 
     def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [self.without_token(t) for t in self.retried(functools.partial(super()._get_trials, *args, **kwargs))]
+        return [self.without_tokens(t) for t in self.retried(functools.partial(super()._get_trials, *args, **kwargs))]
 
     def _set_trial_param(self, *args, **kwargs) -> Any:
         return self.retried(functools.partial(super()._set_trial_param, *args, **kwargs))

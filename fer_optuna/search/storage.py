@@ -166,8 +166,7 @@ class RetryingRDBStorage(RDBStorageInternals):
             warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
                                         mask_url(self.url), type(e).__name__, seconds),
             gave_up=lambda e: FerOptError(f"lost the study storage {mask_url(self.url)} for over {seconds:.0f} s; check "
-                                          "that the database server is up (StoreOptions.db_retry_seconds sets the wait)",
-                                          flag="FER_OPT_DB_RETRY_SECONDS=SECONDS"),
+                                          "that the database server is up (StoreOptions.db_retry_seconds sets the wait)"),
             before_retry=self.scoped_session.remove,  # drop the broken session; the next call reconnects
             # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
             longest_pause=self.heartbeat_interval or 10.0)
@@ -190,15 +189,15 @@ class RetryingRDBStorage(RDBStorageInternals):
         else:
             template = copy.deepcopy(template)
         template.system_attrs = {**template.system_attrs, self.CREATE_TOKEN: uuid.uuid4().hex}
-        return self.without_token(self.retried(functools.partial(create, study_id, template)))
+        return self.without_tokens(self.retried(functools.partial(create, study_id, template)))
 
     @classmethod
-    def without_tokens(cls, attrs: dict[str, Any]) -> dict[str, Any]:
+    def attrs_without_tokens(cls, attrs: dict[str, Any]) -> dict[str, Any]:
         return {key: value for key, value in attrs.items() if key not in cls.TOKENS}
 
-    def without_token(self, trial: FrozenTrial) -> FrozenTrial:
+    def without_tokens(self, trial: FrozenTrial) -> FrozenTrial:
         if any(key in trial.system_attrs for key in self.TOKENS):
-            trial.system_attrs = self.without_tokens(trial.system_attrs)
+            trial.system_attrs = self.attrs_without_tokens(trial.system_attrs)
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
@@ -233,18 +232,18 @@ class RetryingRDBStorage(RDBStorageInternals):
         self.retried_write(functools.partial(_RDB.delete_study, self, study_id), gone_or_delete)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self.without_token(self.retried(functools.partial(_RDB.get_trial, self, trial_id)))
+        return self.without_tokens(self.retried(functools.partial(_RDB.get_trial, self, trial_id)))
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         return self.get_trial(trial_id).system_attrs
 
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        return self.without_tokens(self.retried(functools.partial(_RDB.get_study_system_attrs, self, study_id)))
+        return self.attrs_without_tokens(self.retried(functools.partial(_RDB.get_study_system_attrs, self, study_id)))
 
     def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
         studies = self.retried(functools.partial(_RDB.get_all_studies, self))
         for study in studies:
-            study.system_attrs = self.without_tokens(study.system_attrs)
+            study.system_attrs = self.attrs_without_tokens(study.system_attrs)
         return studies
 
     def confirmed_stale(self, stale_now: Callable[[], list[int]]) -> list[int]:
