@@ -1,16 +1,20 @@
 """Each use of Optuna's private parts (fer_optuna/search/optuna_private.py) has a test here, named after
 it, that fails when the Optuna behaviour it relies on changes: an upgrade breaks a test, not a study."""
+import concurrent.futures
 import inspect
 import json
 import logging
+import time
 import warnings
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.storages._rdb import models
+from optuna.trial import TrialState
 
 from fer_optuna.search import optuna_private
-from fer_optuna.search.storage import open_storage
+from fer_optuna.search.storage import RetryingRDBStorage, open_storage
 
 
 @pytest.fixture
@@ -52,11 +56,125 @@ def test_optuna_calls_the_private_rdbstorage_method(method, action, url, monkeyp
     assert calls, f"Optuna no longer calls RDBStorage.{method}: what RDBStorageInternals does with it never runs"
 
 
-def test_rdbstorage__get_prepared_new_trial_makes_the_trial_in_the_creating_transaction():
+def _locked_elsewhere(url, table, key, row_id) -> bool:
+    """Whether another transaction holds the row: this connection cannot lock it without waiting."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f"SELECT 1 FROM {table} WHERE {key} = :id FOR UPDATE NOWAIT"), {"id": row_id})
+        return False
+    except sqlalchemy.exc.OperationalError as e:
+        assert "could not obtain lock" in str(e)
+        return True
+    finally:
+        engine.dispose()
+
+
+def test_rdbstorage__get_prepared_new_trial_makes_the_trial_in_the_creating_transaction(postgres, monkeypatch):
+    """RDBStorageInternals looks for a trial's token in _get_prepared_new_trial: Optuna must call it inside the
+    transaction that makes the trial, with the study's row locked, so that two tries cannot both miss the trial."""
     params = list(inspect.signature(optuna.storages.RDBStorage._get_prepared_new_trial).parameters)
     assert params == ["self", "study_id", "template_trial", "session"]
-    source = inspect.getsource(optuna.storages.RDBStorage._create_new_trial)
-    assert "for_update=True" in source and "self._get_prepared_new_trial(study_id, template_trial, session)" in source
+    url = postgres.new_database()
+    study = _study(url)
+    seen = []
+    original = optuna.storages.RDBStorage._get_prepared_new_trial
+
+    def spy(self, study_id, template_trial, session):
+        seen.append(("study locked", _locked_elsewhere(url, "studies", "study_id", study_id)))
+        made = original(self, study_id, template_trial, session)
+        seen.append(("made in that transaction", made in session))
+        return made
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_prepared_new_trial", spy)
+    study.ask()
+    assert seen == [("study locked", True), ("made in that transaction", True)]
+
+
+def test_trialmodel_find_or_raise_by_id_for_update_makes_a_claim_wait_for_the_transaction_holding_the_trial(postgres):
+    """_set_trial_state_values_with_token reads the trial FOR UPDATE, as Optuna's set_trial_state_values does: a
+    claim waits while another worker's transaction holds the trial, then sees that worker's claim, and loses."""
+    url = postgres.new_database()
+    study = _study(url)
+    study.enqueue_trial({"x": 0.5})
+    storage = open_storage(url)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), 0)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, engine.connect() as watcher:
+            with engine.begin() as other:  # another worker's claim, under way
+                other.execute(sqlalchemy.text("SELECT 1 FROM trials WHERE trial_id = :id FOR UPDATE"), {"id": trial_id})
+                claim = pool.submit(storage.set_trial_state_values, trial_id, TrialState.RUNNING)
+                deadline = time.monotonic() + 30
+                while not watcher.execute(sqlalchemy.text(  # a new snapshot each time: outside any transaction
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")).scalar():
+                    watcher.rollback()
+                    assert time.monotonic() < deadline and not claim.done(), "the claim did not wait for the lock"
+                    time.sleep(0.05)
+                assert not claim.done()
+                other.execute(sqlalchemy.text("UPDATE trials SET state = 'RUNNING' WHERE trial_id = :id"), {"id": trial_id})
+            assert claim.result(timeout=30) is False
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("start, state, values", [
+    (TrialState.WAITING, TrialState.RUNNING, None),
+    (TrialState.RUNNING, TrialState.RUNNING, None),
+    (TrialState.RUNNING, TrialState.COMPLETE, [0.5]),
+    (TrialState.RUNNING, TrialState.WAITING, None),
+    (TrialState.COMPLETE, TrialState.FAIL, None),
+])
+def test_rdbstorage_set_trial_state_values_is_what__set_trial_state_values_with_token_does(url, start, state, values):
+    """RDBStorageInternals._set_trial_state_values_with_token repeats Optuna's transaction (its private helpers
+    included) with a token in it: the same answers and trials as Optuna's, and the token only where the write was made."""
+    storage = open_storage(url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+
+    def outcome(write):
+        trial_id = storage.create_new_trial(study_id, optuna.trial.create_trial(
+            state=start, value=1.0 if start == TrialState.COMPLETE else None))
+        try:
+            answer = write(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            answer = "UpdateFinishedTrialError"
+        trial = optuna.storages.RDBStorage.get_trial(storage, trial_id)
+        token = trial.system_attrs.get(storage.STATE_TOKEN)
+        return (answer, trial.state, trial.values, trial.datetime_start is not None, trial.datetime_complete is not None), token
+
+    optunas, no_token = outcome(lambda i: optuna.storages.RDBStorage.set_trial_state_values(storage, i, state, values))
+    ours, token = outcome(lambda i: storage._set_trial_state_values_with_token(i, state, values, "t0"))
+    assert ours == optunas and no_token is None
+    assert token == ("t0" if ours[0] is True else None)
+
+
+@pytest.mark.parametrize("name", ["s", "", None])
+def test_rdbstorage_create_new_study_is_what__create_new_study_with_token_does(tmp_path, name):
+    """RDBStorageInternals._create_new_study_with_token repeats Optuna's transaction with a study system attribute
+    in it (a StudySystemAttributeModel row): the same study, a duplicate refused the same way, and the token."""
+    directions = [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+
+    def outcome(create, url):
+        storage = open_storage(url)
+        study_id = create(storage)
+        again = create(storage) if name is not None else None
+        study_name = storage.get_study_name_from_id(study_id)
+        return ((study_name[:-36] if name is None else study_name), storage.get_study_directions(study_id), again,
+                optuna.storages.RDBStorage.get_study_system_attrs(storage, study_id))
+
+    def creating(write):
+        def create(storage):
+            try:
+                return write(storage)
+            except optuna.exceptions.DuplicatedStudyError:
+                return "DuplicatedStudyError"
+        return create
+
+    optunas = outcome(creating(lambda s: optuna.storages.RDBStorage.create_new_study(s, directions, name)),
+                      f"sqlite:///{tmp_path}/optuna.db")
+    ours = outcome(creating(lambda s: s._create_new_study_with_token(directions, name, "t0")), f"sqlite:///{tmp_path}/ours.db")
+    assert ours[:3] == optunas[:3] and optunas[3] == {}
+    assert ours[3] == {RetryingRDBStorage.CREATE_TOKEN: "t0"}
 
 
 def test_trial_system_attributes_are_rows_of_trialsystemattributemodel_as_json(url):
@@ -114,14 +232,24 @@ def test_record_intermediate_value_stores_what_report_refuses_for_a_multi_object
     assert optuna_private.latest(trial).intermediate_values == {1: 0.5}
 
 
-def test_tpe_reads_trials_through_study__get_trials(url, monkeypatch):
+@pytest.mark.parametrize("sample", ["sample_relative", "sample_independent"])
+def test_tpe_reads_trials_through_study__get_trials(url, sample):
+    """MultiObjectiveTPESampler hands TPE a view of the study whose _get_trials changes what TPE sees, so every
+    one of TPE's reads must go through it: through a view that hides every trial, TPE samples as on a new study."""
     study = _study(url)
     for _ in range(3):
         _ask_and_finish(study)
-    seen = []
-    original = getattr(optuna.Study, optuna_private.TPE_READS_TRIALS)
-    monkeypatch.setattr(optuna.Study, optuna_private.TPE_READS_TRIALS,
-                        lambda self, *a, **k: seen.append(1) or original(self, *a, **k))
-    optuna.samplers.TPESampler(n_startup_trials=1, seed=0).sample_independent(
-        study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
-    assert seen, "TPE no longer reads trials through Study._get_trials"
+    hidden = type("Hidden", (), {"__getattr__": lambda self, name: getattr(study, name),
+                                 optuna_private.TPE_READS_TRIALS: lambda self, *a, **k: []})()
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def draw(seen):
+        sampler = optuna.samplers.TPESampler(n_startup_trials=1, seed=0, multivariate=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if sample == "sample_relative":
+                return sampler.sample_relative(seen, study.ask(), x)
+            return sampler.sample_independent(seen, study.ask(), "x", x["x"])
+
+    new = optuna.create_study()
+    assert draw(hidden) == draw(new) != draw(study), "TPE read trials past Study._get_trials"

@@ -48,8 +48,9 @@ def test_storage_gives_up_with_a_fix_it_message(postgres):
     storage = fer_storage.open_storage(postgres.new_database(), options=StoreOptions(db_retry_seconds=2))
     postgres.pg_ctl("stop", "fast")
     try:
-        with pytest.raises(FerOptError, match=r"lost the study storage postgresql\+psycopg://fer:\*\*\*@.* for over 2 s"):
+        with pytest.raises(FerOptError, match=r"lost the study storage postgresql\+psycopg://fer:\*\*\*@.* for over 2 s") as e:
             storage.get_all_studies()
+        assert str(e.value).endswith("(StoreOptions.db_retry_seconds sets the wait)"), "in the library's terms"
     finally:
         postgres.pg_ctl("start")
 

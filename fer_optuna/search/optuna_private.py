@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages._rdb import models
-from optuna.trial import FrozenTrial
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 # Optuna logs a trial that failed under `study.optimize(catch=...)` with its traceback on this
 # logger (optuna/study/_optimize.py); a worker trims the traceback of a trial it dropped on purpose.
@@ -52,7 +57,10 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
     (optuna/storages/_cached_storage.py) creates trials, sets parameters and reads trials and the
     best trial through them, and fail_stale_trials (optuna/storages/_heartbeat.py) asks for stale
     trials. Each is sent through the subclass's hooks (fer_optuna.search.storage.RetryingRDBStorage),
-    which hold the logic: retry while the database is away, create each trial once."""
+    which hold the logic: retry while the database is away, create each trial once.
+
+    Below them, two of Optuna's writes done as Optuna does them, with a token written in the same
+    transaction, which the subclass's retry reads to learn whether its own earlier try committed."""
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         return self.create_trial_once(study_id, template_trial, super()._create_new_trial)
@@ -72,7 +80,7 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
         return super()._get_prepared_new_trial(study_id, template_trial, session)
 
     def _get_trials(self, *args, **kwargs) -> list[FrozenTrial]:
-        return [self.without_token(t) for t in self.retried(functools.partial(super()._get_trials, *args, **kwargs))]
+        return [self.without_tokens(t) for t in self.retried(functools.partial(super()._get_trials, *args, **kwargs))]
 
     def _set_trial_param(self, *args, **kwargs) -> Any:
         return self.retried(functools.partial(super()._set_trial_param, *args, **kwargs))
@@ -82,3 +90,46 @@ class RDBStorageInternals(optuna.storages.RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self.confirmed_stale(functools.partial(self.retried, functools.partial(super()._get_stale_trial_ids, study_id)))
+
+    def _set_trial_state_values_with_token(self, trial_id: int, state: TrialState, values: Sequence[float] | None,
+                                           token: str) -> bool:
+        """RDBStorage.set_trial_state_values, step for step (the trial's row locked, finished trials refused,
+        a claim only of a WAITING trial), and where it sets the state, the trial system attribute
+        STATE_TOKEN = token in the same transaction: the token is there if and only if this write was made."""
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                self.check_trial_is_updatable(trial_id, trial.state)
+                if values is not None:
+                    for objective, v in enumerate(values):
+                        self._set_trial_value_without_commit(session, trial, objective, v)
+                if state == TrialState.RUNNING and trial.state != TrialState.WAITING:
+                    return False
+                # Before the state changes: this refuses a finished trial, as the check above did.
+                self._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id,
+                                                    self.STATE_TOKEN, token)
+                trial.state = state
+                if state == TrialState.RUNNING:
+                    trial.datetime_start = datetime.now()
+                if state.is_finished():
+                    trial.datetime_complete = datetime.now()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def _create_new_study_with_token(self, directions: Sequence[StudyDirection], study_name: str | None,
+                                     token: str) -> int:
+        """RDBStorage.create_new_study (a unique name when none is given; a name taken is a
+        DuplicatedStudyError), with the study system attribute CREATE_TOKEN = token in the same transaction."""
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                if study_name is None:
+                    study_name = self._create_unique_study_name(session)
+                session.add(models.StudyModel(
+                    study_name=study_name,
+                    directions=[models.StudyDirectionModel(objective=objective, direction=d)
+                                for objective, d in enumerate(directions)],
+                    system_attributes=[models.StudySystemAttributeModel(key=self.CREATE_TOKEN, value_json=json.dumps(token))]))
+        except sqlalchemy.exc.IntegrityError:
+            raise optuna.exceptions.DuplicatedStudyError from None
+        return self.get_study_id_from_name(study_name)

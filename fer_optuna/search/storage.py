@@ -8,6 +8,7 @@ the URL, and no message ever shows a password.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -146,27 +147,37 @@ class RetryingRDBStorage(RDBStorageInternals):
     that Optuna's own cache and heartbeat call are in optuna_private.RDBStorageInternals.
 
     A retried write must not be done twice when the database committed it but its answer
-    was lost: a trial is made with a token that the retry finds (CREATE_TOKEN, a system
-    attribute that reads leave out), and a state that the trial already has, with the
-    same values, is the retry's success.
+    was lost, nor taken for done when another process made it: each write that cannot be
+    repeated commits a token of its own (a system attribute that reads leave out) in its
+    transaction, and its retry looks for that token first. Studies and trials are made with
+    CREATE_TOKEN; each state change writes STATE_TOKEN, so the one process that claims a
+    queued trial, or fails a stale one, is the one whose token the trial holds.
     """
 
     CREATE_TOKEN = "fer_opt:create_token"
+    STATE_TOKEN = "fer_opt:state_token"
+    TOKENS = (CREATE_TOKEN, STATE_TOKEN)
 
     def retried(self, call: Callable[[], T]) -> T:
-        """call() until it returns, reconnecting while the database is away (FER_OPT_DB_RETRY_SECONDS)."""
+        """call() until it returns, reconnecting while the database is away (StoreOptions.db_retry_seconds)."""
         seconds = self.retry_seconds
         return retry.retried(
             call, _is_transient, seconds,
             warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
                                         mask_url(self.url), type(e).__name__, seconds),
             gave_up=lambda e: FerOptError(f"lost the study storage {mask_url(self.url)} for over {seconds:.0f} s; check "
-                                          "that the database server is up (FER_OPT_DB_RETRY_SECONDS sets the wait)"),
+                                          "that the database server is up (StoreOptions.db_retry_seconds sets the wait)"),
             before_retry=self.scoped_session.remove,  # drop the broken session; the next call reconnects
             # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
             longest_pause=self.heartbeat_interval or 10.0)
 
     # ----------------------------------------------------------------------- writes safe to retry
+
+    def retried_write(self, first: Callable[[], T], again: Callable[[], T]) -> T:
+        """first(), and after a transient failure, again() until it returns. The failed try may have
+        committed though its answer was lost: again() tells that apart from a write never made."""
+        tries = iter([first])
+        return self.retried(lambda: next(tries, again)())
 
     def create_trial_once(self, study_id: int, template: FrozenTrial | None, create) -> FrozenTrial:
         """create(study_id, template) with a token in the template, so that however often the
@@ -178,35 +189,62 @@ class RetryingRDBStorage(RDBStorageInternals):
         else:
             template = copy.deepcopy(template)
         template.system_attrs = {**template.system_attrs, self.CREATE_TOKEN: uuid.uuid4().hex}
-        return self.without_token(self.retried(functools.partial(create, study_id, template)))
+        return self.without_tokens(self.retried(functools.partial(create, study_id, template)))
 
-    def without_token(self, trial: FrozenTrial) -> FrozenTrial:
-        if self.CREATE_TOKEN in trial.system_attrs:
-            trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != self.CREATE_TOKEN}
+    @classmethod
+    def attrs_without_tokens(cls, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in attrs.items() if key not in cls.TOKENS}
+
+    def without_tokens(self, trial: FrozenTrial) -> FrozenTrial:
+        if any(key in trial.system_attrs for key in self.TOKENS):
+            trial.system_attrs = self.attrs_without_tokens(trial.system_attrs)
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        """Optuna's, made safe to retry: after a failed try, a trial that already has this state (and these
-        values; a RUNNING one, since this call began) was set by that try, whose answer was lost."""
-        began, tried = datetime.now(), False
+        """Optuna's, made safe to retry. A retry whose earlier try left this call's token on the trial was
+        done; otherwise it writes again, and answers as Optuna does: False for a queued trial another
+        process claimed meanwhile, UpdateFinishedTrialError for a trial another process finished."""
+        token = uuid.uuid4().hex
+        write = functools.partial(self._set_trial_state_values_with_token, trial_id, state, values, token)
+        return self.retried_write(
+            write, lambda: _RDB.get_trial_system_attrs(self, trial_id).get(self.STATE_TOKEN) == token or write())
 
-        def once() -> bool:
-            nonlocal tried
-            if tried:
-                now = _RDB.get_trial(self, trial_id)
-                if now.state == state and (values is None or now.values == [float(v) for v in values]) and \
-                        (state != TrialState.RUNNING or now.datetime_start >= began):
-                    return True
-            tried = True
-            return _RDB.set_trial_state_values(self, trial_id, state, values)
+    def create_new_study(self, directions: Sequence[optuna.study.StudyDirection], study_name: str | None = None) -> int:
+        """Optuna's, made safe to retry: a retry whose earlier try made the study (it holds this call's
+        token) returns it; a study of that name made by anyone else is a DuplicatedStudyError, as in Optuna."""
+        token = uuid.uuid4().hex
+        write = functools.partial(self._create_new_study_with_token, directions, study_name, token)
 
-        return self.retried(once)
+        def made_or_write() -> int:
+            made = [s.study_name for s in _RDB.get_all_studies(self) if s.system_attrs.get(self.CREATE_TOKEN) == token]
+            return _RDB.get_study_id_from_name(self, made[0]) if made else write()
+
+        return self.retried_write(write, made_or_write)
+
+    def delete_study(self, study_id: int) -> None:
+        """Optuna's, made safe to retry: a retry that finds the study gone is done (the earlier try's commit
+        went through, or another process deleted it meanwhile); a study missing at first is a KeyError, as in Optuna."""
+
+        def gone_or_delete() -> None:
+            with contextlib.suppress(KeyError):
+                _RDB.delete_study(self, study_id)
+
+        self.retried_write(functools.partial(_RDB.delete_study, self, study_id), gone_or_delete)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self.without_token(self.retried(functools.partial(_RDB.get_trial, self, trial_id)))
+        return self.without_tokens(self.retried(functools.partial(_RDB.get_trial, self, trial_id)))
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         return self.get_trial(trial_id).system_attrs
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.attrs_without_tokens(self.retried(functools.partial(_RDB.get_study_system_attrs, self, study_id)))
+
+    def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
+        studies = self.retried(functools.partial(_RDB.get_all_studies, self))
+        for study in studies:
+            study.system_attrs = self.attrs_without_tokens(study.system_attrs)
+        return studies
 
     def confirmed_stale(self, stale_now: Callable[[], list[int]]) -> list[int]:
         """Running trials whose heartbeat is older than the grace period, and still is two intervals later.
@@ -224,16 +262,12 @@ class RetryingRDBStorage(RDBStorageInternals):
     # ----------------------------------------------------------------------- the rest of the API, retried
     retry_seconds = StoreOptions.db_retry_seconds  # how long a lost database is waited for; open_storage sets it
 
-    create_new_study = _retrying(_RDB.create_new_study)
-    delete_study = _retrying(_RDB.delete_study)
     set_study_user_attr = _retrying(_RDB.set_study_user_attr)
     set_study_system_attr = _retrying(_RDB.set_study_system_attr)
     get_study_id_from_name = _retrying(_RDB.get_study_id_from_name)
     get_study_name_from_id = _retrying(_RDB.get_study_name_from_id)
     get_study_directions = _retrying(_RDB.get_study_directions)
     get_study_user_attrs = _retrying(_RDB.get_study_user_attrs)
-    get_study_system_attrs = _retrying(_RDB.get_study_system_attrs)
-    get_all_studies = _retrying(_RDB.get_all_studies)
     create_new_trial = _RDB.create_new_trial  # it calls _create_new_trial, made safe to retry above
     set_trial_param = _retrying(_RDB.set_trial_param)
     get_trial_id_from_study_id_trial_number = _retrying(_RDB.get_trial_id_from_study_id_trial_number)
