@@ -51,6 +51,7 @@ def test_storage_gives_up_with_a_fix_it_message(postgres):
         with pytest.raises(FerOptError, match=r"lost the study storage postgresql\+psycopg://fer:\*\*\*@.* for over 2 s") as e:
             storage.get_all_studies()
         assert str(e.value).endswith("(StoreOptions.db_retry_seconds sets the wait)"), "in the library's terms"
+        assert e.value.setting == "StoreOptions.db_retry_seconds", "the CLI adds FER_OPT_DB_RETRY_SECONDS"
     finally:
         postgres.pg_ctl("start")
 

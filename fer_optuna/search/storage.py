@@ -166,7 +166,8 @@ class RetryingRDBStorage(RDBStorageInternals):
             warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
                                         mask_url(self.url), type(e).__name__, seconds),
             gave_up=lambda e: FerOptError(f"lost the study storage {mask_url(self.url)} for over {seconds:.0f} s; check "
-                                          "that the database server is up (StoreOptions.db_retry_seconds sets the wait)"),
+                                          "that the database server is up (StoreOptions.db_retry_seconds sets the wait)",
+                                          setting="StoreOptions.db_retry_seconds"),
             before_retry=self.scoped_session.remove,  # drop the broken session; the next call reconnects
             # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
             longest_pause=self.heartbeat_interval or 10.0)
