@@ -79,7 +79,7 @@ def _expected_promotion(trials, eta):
 
 @pytest.mark.slow
 def test_three_workers_promote_once_retry_a_killed_rung_1_trial_and_export_its_winner(tmp_path, sample_csv):
-    spec = tiny_study(tmp_path / "rungs.yaml", n_trials=6, train={"epochs": 1}, eta=3,
+    spec = tiny_study(tmp_path / "rungs.yaml", n_trials=5, train={"epochs": 1}, eta=3,
                       rungs=[{"train_subset": 100, "val_subset": 60}, {"train_subset": 0, "val_subset": 0, "epochs": 3}])
     url = f"sqlite:///{tmp_path}/study.db"
     fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
@@ -103,7 +103,7 @@ def test_three_workers_promote_once_retry_a_killed_rung_1_trial_and_export_its_w
 
     root = optuna.load_study(study_name="tiny", storage=url)
     below = root.get_trials()
-    assert sum(t.state in FINISHED for t in below) == 6 and below[0].user_attrs[rungs.BASELINE]
+    assert sum(t.state in FINISHED for t in below) == 5 and below[0].user_attrs[rungs.BASELINE]
     assert not any(t.state == TrialState.PRUNED and t.user_attrs.get(rungs.BASELINE) for t in below)
     up = optuna.load_study(study_name="tiny/rung-1", storage=url)
     asked = [t for t in up.get_trials() if rungs.PROMOTED_FROM not in t.user_attrs]  # asked as the last one was taken
@@ -148,3 +148,30 @@ def test_three_workers_promote_once_retry_a_killed_rung_1_trial_and_export_its_w
     ladder = json.loads(fer_opt("status", "--storage", url, "--json").stdout)["rungs"]["ladder"]
     assert [r["rung"] for r in ladder] == [0, 1] and ladder[1]["pairs"] == len(expected)
     assert ladder[1]["best"]["stderr"] == pytest.approx(math.sqrt(winner.values[0] * (1 - winner.values[0]) / 150))
+
+
+def test_a_promotion_left_halfway_is_finished_by_a_waiting_worker_and_a_second_copy_is_refused(tmp_path, sample_csv):
+    from fer_optuna.search import study as fer_study
+
+    path = tiny_study(tmp_path / "rungs.yaml", rungs=[{"train_subset": 100}, {"train_subset": 0}], eta=2)
+    url = f"sqlite:///{tmp_path}/study.db"
+    root, _ = fer_study.create(path, url, data=str(sample_csv))
+    spec = fer_study.load_spec(path)
+    for value in (0.3, 0.5, 0.4, 0.2):  # the enqueued baseline first
+        trial = root.ask()
+        fer_study.suggest(trial, spec.space)
+        root.tell(trial, value)
+    optuna.create_study(study_name="tiny/rung-1", storage=url)  # a promoter that died before its first enqueue
+    said = []
+    study, at_rung = rungs.open_rung(root, spec, 1, grace=0.2, log=said.append, wait=0.05)
+    assert "stopped halfway" in said[0]
+    assert study.user_attrs[rungs.ATTR_PROMOTED] == [0, 1, 2] and at_rung.n_trials == 3  # the best 2 of 4, the baseline
+    assert at_rung.train.train_subset == 0 and study.user_attrs[fer_study.ATTR_DATA] == root.user_attrs[fer_study.ATTR_DATA]
+    study.enqueue_trial(root.trials[1].params, user_attrs={rungs.PROMOTED_FROM: 1})  # enqueued twice
+    reasons = [rungs.refusal(study, study.ask(), 1) for _ in range(5)]
+    assert reasons[:3] == [None, None, None]
+    assert reasons[3] == "trial 1 of rung 0 already runs at rung 1 as trial 1"
+    assert reasons[4] == "rung 1 runs only the configurations promoted to it"
+    assert fer_study.single_study_name(fer_study.open_storage(url)) == "tiny"
+    with pytest.raises(fer_study.FerOptError, match="rung 1 of study 'tiny'"):
+        fer_study.load_study("tiny/rung-1", fer_study.open_storage(url))
