@@ -182,6 +182,7 @@ def _top_rung_model(study, spec, url: str, model_path: Path, log, settings: Sett
 
     fer_export.export(study, spec, url, model_path.with_suffix(".yaml"), model_out=model_path, log=log,
                       options=settings.stores)
+    labels = study.user_attrs.get(fer_study.ATTR_LABELS)
     log(f"final model: the top rung's best trial, not refitted; next: fer-opt evaluate --model {model_path} "
-        f"--data {study.user_attrs[fer_study.ATTR_DATA]} --split val")
+        f"--data {study.user_attrs[fer_study.ATTR_DATA]}{f' --labels {labels}' if labels else ''} --split val")
     return model_path

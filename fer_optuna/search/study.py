@@ -503,5 +503,7 @@ def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | Non
     if to_name in optuna.get_all_study_names(target):
         raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; give a new name (to_name)",
                           flag="--to-name")
-    optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target, to_study_name=to_name)
+    for rung in [name, *rungs.of(name, optuna.get_all_study_names(source))]:  # its rungs' studies go with it
+        optuna.copy_study(from_study_name=rung, from_storage=source, to_storage=target,
+                          to_study_name=to_name + rung[len(name):])
     return optuna.load_study(study_name=to_name, storage=target)
