@@ -192,3 +192,31 @@ def test_a_promotion_left_halfway_is_finished_by_a_waiting_worker_and_a_second_c
     assert fer_study.single_study_name(fer_study.open_storage(url)) == "tiny"
     with pytest.raises(fer_study.FerOptError, match="rung 1 of study 'tiny'"):
         fer_study.load_study("tiny/rung-1", fer_study.open_storage(url))
+
+
+def test_the_baseline_is_never_pruned(tmp_path, sample_csv, monkeypatch):
+    from fer_optuna.options import Settings
+    from fer_optuna.search import study as fer_study
+    from fer_optuna.search import worker
+    from fer_optuna.training import data, trainer
+
+    def hopeless(cfg, data, *, on_epoch, **kwargs):
+        for epoch in (1, 2, 3):
+            on_epoch(trainer.EpochStats(epoch, 1.0, 0.1, 1.0, 0.1, cfg.lr, 0.1))
+        return trainer.TrainResult(0.1, 1, 3, 0.3, 1000)
+
+    monkeypatch.setattr(trainer, "train", hopeless)
+    path = tiny_study(tmp_path / "rungs.yaml", rungs=[{"train_subset": 100}, {"train_subset": 0}])
+    url = f"sqlite:///{tmp_path}/study.db"
+    study, _ = fer_study.create(path, url, data=str(sample_csv))  # the baseline waits as trial 0
+    spec = fer_study.load_spec(path)
+    for value in (0.5, 0.6):  # two trials far above it at every epoch: the median rule would prune it
+        study.add_trial(create_trial(value=value, params={}, distributions={},
+                                     intermediate_values={1: value, 2: value, 3: value}))
+    study.pruner = fer_study.make_pruner(spec)
+    opts = worker.WorkerOptions(study="tiny", storage=url, device="cpu", settings=Settings())
+    objective = worker.Objective(study, spec, data.load(sample_csv), torch.device("cpu"), opts, log=lambda m: None)
+    study.optimize(objective, n_trials=1, catch=(worker.TrialDropped,))
+    baseline = study.trials[0]
+    assert baseline.user_attrs[rungs.BASELINE] and baseline.state == TrialState.COMPLETE
+    assert baseline.intermediate_values == {1: 0.1, 2: 0.1, 3: 0.1}

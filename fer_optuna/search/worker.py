@@ -5,6 +5,8 @@ A worker loads the data once, then runs one trial at a time under
 failed and re-queued by whichever worker notices first). The study's trial
 budget counts COMPLETE and PRUNED trials across all workers and is never
 exceeded: a trial that starts beyond it is dropped as failed with that reason.
+In a study with rungs, a worker that finds a rung drained goes on to the next
+(search/rungs.py), promoting to it if it is the first to get there.
 """
 
 from __future__ import annotations
@@ -286,8 +288,8 @@ def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
 
 def _pull(study: optuna.Study, spec: StudySpec, storage, objective: Objective, opts: WorkerOptions, rung: int, top: bool,
           ran: int, deadline: float | None, log: Callable[[str], None]) -> tuple[int, bool]:
-    """Run a rung's trials until it is drained (True) or this worker's --n-trials or --timeout (False);
-    and how many trials this worker has run so far."""
+    """Run a rung's trials; returns how many trials this worker has run so far, and whether the rung is
+    drained (else this worker's --n-trials or --timeout stopped it)."""
     while opts.n_trials is None or ran < opts.n_trials:
         if deadline and time.monotonic() >= deadline:
             log("timeout reached")
