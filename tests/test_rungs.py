@@ -122,6 +122,7 @@ def test_three_workers_promote_once_retry_a_killed_rung_1_trial_and_export_its_w
     assert killed.state == TrialState.FAIL
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retry.state in FINISHED and retry.params == killed.params
+    assert retry.user_attrs["resumed_from_trial"] == killed.number and retry.user_attrs["resumed_at_epoch"] >= 1
     assert retry.user_attrs.get(rungs.BASELINE) == killed.user_attrs.get(rungs.BASELINE)
     check_resumed_where_it_stopped(trials)
     done = [t for t in trials if t.state in FINISHED]

@@ -378,7 +378,7 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "trials_per_hour": len(done) / hours if hours > 0 else None,
         "pruning": pruners.savings(study, spec.pruner["type"], spec.train.epochs),
         "comparison": comparison(study, spec),
-        "rungs": rungs.summary(study, spec),
+        **({"rungs": rungs.summary(study, spec)} if spec.rungs else {}),
     }
 
 
