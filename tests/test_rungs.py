@@ -57,6 +57,8 @@ def test_spearman_matches_its_definition_with_ties():
     ({"rungs": [{"train_subset": 200}, {"train_subset": 0}], "eta": 1}, "eta"),
     ({"rungs": [{"train_subset": 200}, {"lr": 0.01}]}, "rungs[1].lr"),  # searched
     ({"rungs": [{"train_subset": 200}, {"train_subet": 0}]}, "rungs[1].train_subet"),  # no such field
+    ({"rungs": [{"train_subset": 200}, {"train_subset": 0}],
+      "objectives": [{"val_accuracy": "maximize"}, {"latency_ms": "minimize"}]}, "rungs"),  # refused, docs/studies.md
 ])
 def test_a_bad_rung_spec_is_one_line_naming_the_file_and_field_and_creates_nothing(tmp_path, sample_csv, change, field):
     spec = tiny_study(tmp_path / "bad.yaml", **change)

@@ -251,7 +251,7 @@ def top(study: optuna.Study, spec, log: Callable[[str], None] | None = None) -> 
         done = found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if ATTR_PROMOTED in found.user_attrs and done:
             if log:
-                log(f"the model comes from rung {rung} of {count(spec) - 1} ({fidelity(at(spec, rung).train)}): "
+                log(f"from rung {rung} of {count(spec) - 1} ({fidelity(at(spec, rung).train)}): "
                     f"study {found.study_name}" + ("" if rung == count(spec) - 1 else "; the top rung has no complete trial yet"))
             return found, at(spec, rung, len(found.user_attrs[ATTR_PROMOTED]))
     return study, spec
