@@ -378,7 +378,9 @@ def ensemble(settings, study_name, storage, top, out, data, device, precision) -
     from .search import report
     from .search import study as fer_study
 
-    found, spec = _open_study(storage, study_name, settings)
+    from .search import rungs
+
+    found, spec = rungs.top(*_open_study(storage, study_name, settings), click.echo)
     members = report.build_ensemble(found, top, out, settings.stores)
     click.echo(f"wrote {out}: trials {', '.join(str(t.number) for t in members)} "
                f"(val {', '.join(f'{t.values[0]:.4f}' for t in members)})"

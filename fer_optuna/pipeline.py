@@ -22,7 +22,7 @@ import torch
 from . import interrupts
 from .errors import FerOptError
 from .options import DataOptions, Settings
-from .search import shipped
+from .search import rungs, shipped
 from .search import study as fer_study
 from .search import worker as fer_worker
 from .search.storage import mask_url, open_storage, storage_url
@@ -163,8 +163,10 @@ def run(data_path: str, *, storage: str | None = None, spec_path: str | None = N
     found, spec = fer_study.load_study(name, open_storage(url, options=settings.stores))
     log(fer_study.format_status(fer_study.status(found, spec), url))
     out_dir.mkdir(parents=True, exist_ok=True)
-    [best_yaml] = fer_study.export(found, spec, out_dir / "best.yaml", 1, url)
     model_path = out_dir / "best.pt"
+    if spec.rungs and not spec.final:  # the top rung's winner trained as a refit would: its checkpoint is the model
+        return _top_rung_model(found, spec, url, model_path, log, settings)
+    [best_yaml] = fer_study.export(*rungs.top(found, spec, log), out_dir / "best.yaml", 1, url)
     cfg = load_config(best_yaml)
     log(f"training the final model from {best_yaml} ({cfg.model}, {cfg.epochs} epochs, "
         f"{'all' if not cfg.train_subset else cfg.train_subset} train images) -> {model_path}")
@@ -172,4 +174,17 @@ def run(data_path: str, *, storage: str | None = None, spec_path: str | None = N
                  "final fit", settings)
     log(f"final model: val (PublicTest) accuracy {result.best_val_acc:.4f}; saved {model_path}")
     log(f"next: fer-opt evaluate --model {model_path} --data {data_path}{f' --labels {labels}' if labels else ''} --split val")
+    return model_path
+
+
+def _top_rung_model(study, spec, url: str, model_path: Path, log, settings: Settings) -> Path:
+    """The main job's model from a study with rungs and no final: section: its top rung's best trial's
+    checkpoint (and config beside it), with no refit."""
+    from .search import export as fer_export
+
+    fer_export.export(study, spec, url, model_path.with_suffix(".yaml"), model_out=model_path, log=log,
+                      options=settings.stores)
+    labels = study.user_attrs.get(fer_study.ATTR_LABELS)
+    log(f"final model: the top rung's best trial, not refitted; next: fer-opt evaluate --model {model_path} "
+        f"--data {study.user_attrs[fer_study.ATTR_DATA]}{f' --labels {labels}' if labels else ''} --split val")
     return model_path

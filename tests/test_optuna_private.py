@@ -223,6 +223,12 @@ def test_study_system_attrs_reads_them_through_study__storage(url):
     assert optuna_private.study_system_attrs(study) == {"fer_opt.file": "text"}
 
 
+def test_storage_of_is_the_storage_the_study_was_loaded_from(url):
+    study = _study(url)
+    optuna.create_study(study_name="s/rung-1", storage=optuna_private.storage_of(study))
+    assert "s/rung-1" in optuna.get_all_study_names(open_storage(url))
+
+
 def test_record_intermediate_value_stores_what_report_refuses_for_a_multi_objective_trial(url):
     study = optuna.create_study(study_name="mo", storage=open_storage(url), directions=["maximize", "minimize"])
     trial = study.ask()

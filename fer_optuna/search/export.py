@@ -13,7 +13,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
 from fer_optuna.training import checkpoints
 from fer_optuna.training.portable import export_onnx
-from . import budget
+from . import budget, rungs
 from . import study as fer_study
 from .report import TrialCheckpoints
 
@@ -28,6 +28,7 @@ def export(study: optuna.Study, spec: fer_study.StudySpec, url: str, out: str | 
     model (the best one whose checkpoint can be had, without a rule). Returns the configs written."""
     if rule and top != 1:
         raise FerOptError("a rule chooses one trial; export one (top=1)", flag="--pick without --top")
+    study, spec = rungs.top(study, spec, log)
     chosen = budget.pick(study, rule) if rule else None
     paths = fer_study.export(study, spec, out, top, url, rule, chosen)
     for path in paths:

@@ -29,10 +29,15 @@ OPTIMIZE_LOGGER = "optuna.study._optimize"
 TellingAFinishedTrial = ValueError
 
 
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study was loaded from, where its rungs' studies live (search/rungs.py): Study keeps it private."""
+    return study._storage
+
+
 def study_system_attrs(study: optuna.Study) -> dict[str, Any]:
     """A study's system attributes (its study file, its artifact store): Study no longer has them
     (Optuna 5 removed Study.system_attrs), and the storage they are read from is private to it."""
-    storage = study._storage
+    storage = storage_of(study)
     return storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name))
 
 

@@ -18,7 +18,7 @@ from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
 from fer_optuna.training import checkpoints, inference, metrics
 from fer_optuna.training import data as fer_data
-from . import artifacts, pruners
+from . import artifacts, pruners, rungs
 from .budget import costs_of, format_costs, format_front, ranked
 from .study import StudySpec, comparison, format_comparison, status
 
@@ -95,6 +95,9 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path, data: fer_data
     bought = format_comparison(comparison(study, spec))
     if bought:
         sections += ["<h2>What the search bought</h2>", f"<pre>{html.escape(chr(10).join(bought[1:]))}</pre>"]
+    ladder = rungs.format_summary(rungs.summary(study, spec))
+    if ladder:
+        sections += ["<h2>What each rung bought</h2>", f"<pre>{html.escape(chr(10).join(ladder))}</pre>"]
     accuracy = {"target": lambda t: t.values[0], "target_name": "val_accuracy"} if spec.multi_objective else {}
     # importances are computed for a value to minimise; in a multi-objective study that is -val_accuracy
     lowest = {"target": lambda t: -t.values[0], "target_name": "val_accuracy"} if spec.multi_objective else {}

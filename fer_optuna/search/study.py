@@ -24,10 +24,11 @@ from fer_optuna.options import DataOptions, StoreOptions
 from fer_optuna.training import data as fer_data
 from fer_optuna.training import distill
 from fer_optuna.training.config import FIELDS, TrainConfig, config_from_dict, dump_config
-from . import pruners, shipped
+from . import pruners, rungs, shipped
 from .budget import (METRIC, Constraints, costs_of, feasible, format_costs, format_front, front, parse_constraints,
                      parse_objectives, pick, ranked)
 from .optuna_private import study_system_attrs
+from .rungs import DEFAULT_ETA
 from .storage import mask_url, open_storage, storage_url
 
 ATTR_FILE, ATTR_DATA, ATTR_PATH = "fer_opt.study_file", "fer_opt.data", "fer_opt.study_file_path"
@@ -35,7 +36,7 @@ ATTR_LABELS = "fer_opt.labels"  # FER+ votes for the data's rows; absent or "": 
 ATTR_LABELS_SHA256 = "fer_opt.labels_sha256"  # their file's digest (a system attribute): a copy elsewhere is the same votes
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SPEC_KEYS = {"name", "description", "data", "n_trials", "train", "final", "search_space", "sampler", "pruner", "enqueue",
-             "constraints", "objectives"}
+             "constraints", "objectives", "rungs", "eta"}
 PARAM_TYPES = {"categorical": {"choices"}, "int": {"low", "high", "log", "step"}, "float": {"low", "high", "log", "step"}}
 SAMPLERS = {"tpe": {"seed", "n_startup_trials"}, "random": {"seed"}, "nsga2": {"seed", "population_size"}}
 PRUNERS = {"median": {"n_startup_trials", "n_warmup_steps", "interval_steps"},
@@ -77,6 +78,10 @@ class StudySpec:
     constraints: Constraints = ()
     # what the search optimises: val_accuracy (maximised) first, then costs to minimise
     objectives: tuple[str, ...] = (METRIC,)
+    # fidelities, lowest first (each rung's train fields; rung 0's are in train) and how many trials make one
+    # promoted to the next: search/rungs.py
+    rungs: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    eta: int = DEFAULT_ETA
 
     @property
     def multi_objective(self) -> bool:
@@ -160,6 +165,10 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         _check_keys(f"{where}: {what}", value, table[value["type"]] | {"type"})
     enqueue = tuple(raw.get("enqueue") or ())
     names = {p.name for p in space}
+    objectives = parse_objectives(where, raw.get("objectives"))
+    ladder, eta = rungs.parse(where, raw, train, names, objectives)
+    if ladder:
+        train = train.replace(**dict(ladder[0]))
     for i, params in enumerate(enqueue):
         if not isinstance(params, dict) or set(params) - names:
             raise FerOptError(f"{where}: enqueue[{i}] must set only search-space parameters ({', '.join(sorted(names))})")
@@ -175,12 +184,12 @@ def parse_spec(text: str, where: str = "study file") -> StudySpec:
         raise FerOptError(f"{where}: final sets {', '.join(searched)}, which the search chooses; final is for what "
                           "differs between the proxy trials and the final fit (train_subset, val_subset, epochs, ...)")
     config_from_dict({**train.to_dict(), **final}, f"{where}: final")
-    objectives = parse_objectives(where, raw.get("objectives"))
     if len(objectives) > 1 and "pruner" not in raw:
         pruner = {"type": "none"}
     pruners.check(where, pruner, objectives)
     spec = StudySpec(raw["name"], raw["n_trials"], train, space, sampler, pruner, enqueue, raw.get("data"), text,
-                     tuple(final.items()), parse_constraints(where, raw.get("constraints")), objectives)
+                     tuple(final.items()), parse_constraints(where, raw.get("constraints")), objectives,
+                     rungs=ladder, eta=eta)
     try:  # build them once here, so that a bad option fails now and not in every worker
         make_sampler(spec)
         make_pruner(spec)
@@ -255,6 +264,9 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.
         raise FerOptError(f"no study named {name!r} in this storage (it has: {', '.join(names) or 'none'}); "
                           "create it from a study file first") from None
     text = study_file_text(study)
+    if rungs.ATTR_RUNG in study.user_attrs:
+        root = name.rpartition("/rung-")[0]
+        raise FerOptError(f"study {name!r} is rung {study.user_attrs[rungs.ATTR_RUNG]} of study {root!r}; name that one")
     if text is None:
         raise FerOptError(f"study {name!r} was not created by fer-optuna (no study file stored with it)")
     spec = parse_spec(text, f"study {name!r}")
@@ -262,7 +274,7 @@ def load_study(name: str, storage: optuna.storages.BaseStorage) -> tuple[optuna.
 
 
 def single_study_name(storage: optuna.storages.BaseStorage) -> str:
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    names = rungs.roots(optuna.get_all_study_names(storage))
     if len(names) != 1:
         raise FerOptError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); name the study",
                           flag="--study")
@@ -361,7 +373,8 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     labels_sha256 = _sha256(labels) if labels else ""
     _check_teachers(spec, spec_path, data_path, labels, data_options)
     if exists:
-        optuna.delete_study(study_name=name, storage=storage)
+        for old in [name, *rungs.of(name, optuna.get_all_study_names(storage))]:
+            optuna.delete_study(study_name=old, storage=storage)
     if store_url:
         ArtifactStore(store_url, options).prepare()
     study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec),
@@ -382,7 +395,7 @@ def create(spec_path: str | Path, url: str | None = None, name: str | None = Non
     study.set_user_attr(ATTR_LABELS, str(Path(labels).expanduser().resolve()) if labels else "")
     study.set_user_attr(ATTR_PATH, str(spec_path))
     for params in spec.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs=rungs.baseline_attrs(spec), skip_if_exists=True)
     return study, True
 
 
@@ -413,6 +426,7 @@ def status(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "trials_per_hour": len(done) / hours if hours > 0 else None,
         "pruning": pruners.savings(study, spec.pruner["type"], spec.train.epochs),
         "comparison": comparison(study, spec),
+        **({"rungs": rungs.summary(study, spec)} if spec.rungs else {}),
     }
 
 
@@ -485,13 +499,13 @@ def format_status(info: dict[str, Any], url: str) -> str:
         lines.append(f"throughput: {info['trials_per_hour']:.1f} trials/hour")
     if info["pruning"]["pruner"] != "none":
         lines.append(pruners.format_savings(info["pruning"]))
-    return "\n".join(lines + format_comparison(info["comparison"]))
+    return "\n".join(lines + format_comparison(info["comparison"]) + rungs.format_summary(info.get("rungs")))
 
 
 def provenance(study: optuna.Study, trial: optuna.trial.FrozenTrial, url: str) -> dict[str, Any]:
     """Where an exported config or model came from, kept inside it."""
     return {"study": study.study_name, "study_file": study.user_attrs.get(ATTR_PATH), "trial": trial.number,
-            "val_accuracy": round(trial.values[0], 6), **costs_of(trial), "storage": mask_url(url),
+            "val_accuracy": round(trial.values[0], 6), **costs_of(trial), **rungs.provenance(study), "storage": mask_url(url),
             "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -537,5 +551,7 @@ def copy(from_url: str, to_url: str, name: str | None = None, to_name: str | Non
     if to_name in optuna.get_all_study_names(target):
         raise FerOptError(f"{mask_url(storage_url(to_url))} already has a study {to_name!r}; give a new name (to_name)",
                           flag="--to-name")
-    optuna.copy_study(from_study_name=name, from_storage=source, to_storage=target, to_study_name=to_name)
+    for rung in [name, *rungs.of(name, optuna.get_all_study_names(source))]:  # its rungs' studies go with it
+        optuna.copy_study(from_study_name=rung, from_storage=source, to_storage=target,
+                          to_study_name=to_name + rung[len(name):])
     return optuna.load_study(study_name=to_name, storage=target)

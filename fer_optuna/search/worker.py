@@ -5,6 +5,8 @@ A worker loads the data once, then runs one trial at a time under
 failed and re-queued by whichever worker notices first). The study's trial
 budget counts COMPLETE and PRUNED trials across all workers and is never
 exceeded: a trial that starts beyond it is dropped as failed with that reason.
+In a study with rungs, a worker that finds a rung drained goes on to the next
+(search/rungs.py), promoting to it if it is the first to get there.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from fer_optuna.training import data as fer_data
 from fer_optuna.training import costs as fer_costs
 from fer_optuna.training import trainer
 from fer_optuna.training.config import TrainConfig
-from . import artifacts, pruners
+from . import artifacts, pruners, rungs
 from .budget import ATTR_INFEASIBLE, violations
 from .optuna_private import OPTIMIZE_LOGGER, TellingAFinishedTrial
 from .storage import open_storage, storage_url
@@ -94,8 +96,9 @@ class Objective:
     """
 
     def __init__(self, study: optuna.Study, spec: StudySpec, data: fer_data.FerData, device: torch.device,
-                 opts: WorkerOptions, log: Callable[[str], None]):
+                 opts: WorkerOptions, log: Callable[[str], None], rung: int = 0):
         self.study, self.spec, self.data, self.device, self.opts, self.log = study, spec, data, device, opts, log
+        self.rung = rung
         self.store = artifacts.study_store(study, opts.artifacts, opts.settings.stores)
         self.running: int | None = None
         self.store_failed: int | None = None  # a trial the store failed: the worker queues it again
@@ -201,7 +204,11 @@ class Objective:
         return [val_accuracy] + [costs[name] for name in self.spec.objectives[1:]]
 
     def _check_budget(self, trial: optuna.Trial) -> None:
-        """A trial that starts when the budget is already taken by trials ahead of it is dropped, not run."""
+        """A trial that starts when the budget is already taken by trials ahead of it is dropped, not run;
+        above rung 0, so is one that is no promoted configuration or a second copy of one."""
+        refused = rungs.refusal(self.study, trial, self.rung)
+        if refused:
+            raise self._drop(trial, refused)
         ahead = [t for t in self.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))
                  if t.number < trial.number]
         if len(ahead) >= self.spec.n_trials:
@@ -255,7 +262,7 @@ class EpochReporter:
         if self.tracker:
             self.tracker.log_epoch(stats)
         # Never at the trial's last epoch: stopping it then saves nothing, and its result would be lost.
-        if stats.epoch < self.cfg.epochs and pruners.should_prune(trial):
+        if stats.epoch < self.cfg.epochs and pruners.should_prune(trial) and not rungs.is_baseline(trial):
             raise optuna.TrialPruned(f"val accuracy {stats.val_acc:.4f} at epoch {stats.epoch}: pruned by "
                                      f"{type(trial.study.pruner).__name__}")
 
@@ -280,6 +287,42 @@ def _record_peak_memory(trial: optuna.Trial, device: torch.device) -> None:
         trial.set_user_attr("gpu_peak_mb", round(torch.cuda.max_memory_allocated(device) / 2**20))
 
 
+def _pull(study: optuna.Study, spec: StudySpec, storage, objective: Objective, opts: WorkerOptions, rung: int, top: bool,
+          ran: int, deadline: float | None, log: Callable[[str], None]) -> tuple[int, bool]:
+    """Run a rung's trials; returns how many trials this worker has run so far, and whether the rung is
+    drained (else this worker's --n-trials or --timeout stopped it)."""
+    while opts.n_trials is None or ran < opts.n_trials:
+        if deadline and time.monotonic() >= deadline:
+            log("timeout reached")
+            return ran, False
+        finished = _count(study, FINISHED)
+        if rungs.drained(study, spec, rung, top):
+            log(f"budget reached: {finished} trials finished" if rung == 0 else
+                f"rung {rung} drained: {finished} of {spec.n_trials} promoted trials finished")
+            return ran, True
+        if rung or finished + _count(study, (TrialState.RUNNING,)) >= spec.n_trials:
+            # The last trials are running elsewhere; wait, in case one dies and is re-queued.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            if _count(study, (TrialState.WAITING,)) == 0:
+                time.sleep(WAIT_SECONDS)
+                continue
+        try:
+            study.optimize(objective, n_trials=1, catch=(TrialDropped,))
+        except TellingAFinishedTrial:  # the trial another worker failed as stale
+            if objective.taken_over is None:
+                raise
+            log(f"trial {objective.taken_over} was failed as stale by another worker while this one could "
+                "not reach the database; its retry carries on from the last saved epoch")
+            objective.taken_over = None
+        ran += 1
+        if objective.store_failed is not None:  # the store, not the trial, failed: another attempt
+            log(_requeue(study, storage, objective.store_failed))
+            objective.store_failed = None
+    return ran, False
+
+
 def run(opts: WorkerOptions) -> int:
     """Pull trials until the budget, --n-trials or --timeout; returns how many trials this worker ran."""
     prefix = f"[worker {worker_id()} {opts.device}]"
@@ -292,7 +335,9 @@ def run(opts: WorkerOptions) -> int:
     device = trainer.resolve_device(opts.device)
     storage = open_storage(opts.storage, heartbeat=True, options=opts.settings.stores)
     study, spec = load_study(opts.study, storage)
-    study.sampler = make_sampler(spec, seed_offset=os.getpid() if opts.seed_offset is None else opts.seed_offset)
+    root, root_spec = study, spec
+    seed_offset = os.getpid() if opts.seed_offset is None else opts.seed_offset
+    study.sampler = make_sampler(spec, seed_offset=seed_offset)
     study.pruner = make_pruner(spec)
     data_path = opts.data or study.user_attrs.get(ATTR_DATA)
     data = load_data(study, opts.data, opts.labels, opts.settings.data)
@@ -307,37 +352,20 @@ def run(opts: WorkerOptions) -> int:
     announce = lambda name: log(f"{name}: stopping; the running trial goes back to the queue (again to force)")  # noqa: E731
     with interrupts.first_signal_raises(announce) as received:
         try:
-            while opts.n_trials is None or ran < opts.n_trials:
-                if deadline and time.monotonic() >= deadline:
-                    log("timeout reached")
+            for rung in range(rungs.count(root_spec)):  # without rungs, one: the study itself
+                if rung:  # rung-1 is drained: promote once (or wait for the worker that does), then run this one
+                    study, spec = rungs.open_rung(root, root_spec, rung, 3 * opts.settings.stores.heartbeat_seconds, log)
+                    study.sampler, study.pruner = make_sampler(spec, seed_offset=seed_offset), make_pruner(spec)
+                    objective = Objective(study, spec, data, device, opts, log, rung)
+                if root_spec.rungs:  # the count its accuracies' standard errors are taken on
+                    study.set_user_attr(rungs.ATTR_VAL_IMAGES, rungs.val_images(data, spec.train))
+                ran, drained = _pull(study, spec, storage, objective, opts, rung, rung == rungs.count(root_spec) - 1,
+                                     ran, deadline, log)
+                if not drained:  # this worker's --n-trials or --timeout
                     break
-                finished = _count(study, FINISHED)
-                if finished >= spec.n_trials:
-                    log(f"budget reached: {finished} trials finished")
-                    break
-                if finished + _count(study, (TrialState.RUNNING,)) >= spec.n_trials:
-                    # The last trials are running elsewhere; wait, in case one dies and is re-queued.
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        optuna.storages.fail_stale_trials(study)
-                    if _count(study, (TrialState.WAITING,)) == 0:
-                        time.sleep(WAIT_SECONDS)
-                        continue
-                try:
-                    study.optimize(objective, n_trials=1, catch=(TrialDropped,))
-                except TellingAFinishedTrial:  # the trial another worker failed as stale
-                    if objective.taken_over is None:
-                        raise
-                    log(f"trial {objective.taken_over} was failed as stale by another worker while this one could "
-                        "not reach the database; its retry carries on from the last saved epoch")
-                    objective.taken_over = None
-                ran += 1
-                if objective.store_failed is not None:  # the store, not the trial, failed: another attempt
-                    log(_requeue(study, storage, objective.store_failed))
-                    objective.store_failed = None
         except KeyboardInterrupt:
             signum = interrupts.first_signal(received)
-            outcome = _requeue(study, storage, objective.running)
+            outcome = _requeue(objective.study, storage, objective.running)
             log(f"interrupted: {outcome}; exiting")
             raise interrupts.Interrupted(signum, f"worker stopped by {signum.name}; {outcome}") from None
     return ran
