@@ -112,8 +112,14 @@ def of(root_name: str, names: list[str]) -> list[str]:
     return [n for n in names if n.rpartition("/rung-")[0] == root_name and n.rpartition("/rung-")[2].isdigit()]
 
 
-def fidelity(cfg: TrainConfig) -> str:
-    return ", ".join(f"{n} {getattr(cfg, n) or 'all'}" if n != "epochs" else f"{cfg.epochs} epochs" for n in FIDELITY)
+def fidelity(spec, rung: int) -> dict[str, Any]:
+    """The fields the ladder sets, at this rung (a searched field such as epochs is each trial's own)."""
+    cfg = at(spec, rung).train
+    return {n: getattr(cfg, n) for n in dict.fromkeys(k for level in spec.rungs for k, _ in level)}
+
+
+def format_fidelity(fields: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {v or 'all'}" if n.endswith("_subset") else f"{n} {v}" for n, v in fields.items())
 
 
 def val_images(data: FerData, cfg: TrainConfig) -> int:
@@ -197,8 +203,7 @@ def _promote(study: optuna.Study, below: optuna.Study, root: optuna.Study, spec,
     for t in chosen:
         if t.number not in there:
             study.enqueue_trial(t.params, user_attrs={PROMOTED_FROM: t.number, **({BASELINE: True} if is_baseline(t) else {})})
-    cfg = at(spec, rung).train
-    save_note(study, f"Rung {rung} of study `{root.study_name}` ({fidelity(cfg)}): trials "
+    save_note(study, f"Rung {rung} of study `{root.study_name}` ({format_fidelity(fidelity(spec, rung))}): trials "
                      f"{', '.join(str(t.number) for t in chosen)} of `{below.study_name}` re-run from the start, "
                      f"the best ceil(n/{spec.eta}) and the baseline.\n")
     study.set_user_attr(ATTR_PROMOTED, [t.number for t in chosen])
@@ -225,7 +230,7 @@ def open_rung(root: optuna.Study, spec, rung: int, grace: float, log: Callable[[
     else:
         chosen = _promote(study, below, root, spec, rung)
         log(f"rung {rung}: promoted trials {', '.join(map(str, chosen))} of {below.study_name} "
-            f"to {study.study_name} ({fidelity(at(spec, rung).train)})")
+            f"to {study.study_name} ({format_fidelity(fidelity(spec, rung))})")
     return study, at(spec, rung, len(study.user_attrs[ATTR_PROMOTED]))
 
 
@@ -252,7 +257,7 @@ def top(study: optuna.Study, spec, log: Callable[[str], None] | None = None) -> 
         done = found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if ATTR_PROMOTED in found.user_attrs and done:
             if log:
-                log(f"from rung {rung} of {count(spec) - 1} ({fidelity(at(spec, rung).train)}): "
+                log(f"from rung {rung} of {count(spec) - 1} ({format_fidelity(fidelity(spec, rung))}): "
                     f"study {found.study_name}" + ("" if rung == count(spec) - 1 else "; the top rung has no complete trial yet"))
             return found, at(spec, rung, len(found.user_attrs[ATTR_PROMOTED]))
     return study, spec
@@ -316,7 +321,7 @@ def summary(root: optuna.Study, spec) -> dict[str, Any] | None:
         here = at(spec, rung, len(chosen) if chosen else None)
         trials = study.get_trials(deepcopy=False)
         n_val = study.user_attrs.get(ATTR_VAL_IMAGES)
-        row = {"rung": rung, "study": study.study_name, "fidelity": {n: getattr(here.train, n) for n in FIDELITY},
+        row = {"rung": rung, "study": study.study_name, "fidelity": fidelity(spec, rung),
                "promoted": chosen, "finished": sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials),
                "budget": here.n_trials, "val_images": n_val, "best": None, "baseline": None, "gain": None,
                "within_noise": None, "spearman": None, "pairs": 0}
@@ -345,9 +350,7 @@ def format_summary(info: dict[str, Any] | None) -> list[str]:
     lines = [f"what each rung bought (rung r+1 re-runs the best ceil(n/{info['eta']}) of rung r's n and the baseline, "
              "from the start, on its own data):"]
     for r in info["ladder"]:
-        f = r["fidelity"]
-        head = (f"  rung {r['rung']} ({r['study']}): train_subset {f['train_subset'] or 'all'}, val_subset "
-                f"{f['val_subset'] or 'all'}, {f['epochs']} epochs; {r['finished']}/{r['budget']} finished")
+        head = f"  rung {r['rung']} ({r['study']}): {format_fidelity(r['fidelity'])}; {r['finished']}/{r['budget']} finished"
         lines.append(head + (f", {len(r['promoted'])} promoted" if r["promoted"] is not None else ""))
         if r["best"] is not None:
             def acc(x):
