@@ -94,9 +94,10 @@ class _PeakConnections(threading.Thread):
         return self.peak
 
 
-def measure(url: str, workers: int, seconds: float, watch=None, label: str | None = None) -> dict:
+def measure(url: str, workers: int, seconds: float, watch=None, label: str | None = None, servers=()) -> dict:
     """`workers` processes on the study for `seconds` each after they open the storage; with `watch` (see
-    _PeakConnections), the peak of the connections the server held."""
+    _PeakConnections), the peak of the connections the server held; with `servers` (PostgreSQL, PgBouncer),
+    the CPU time each used per trial."""
     import optuna
 
     from fer_optuna.search import storage as fer_storage
@@ -119,11 +120,13 @@ def measure(url: str, workers: int, seconds: float, watch=None, label: str | Non
     _wait_for_start(procs, ready)
     if peak is not None:
         peak.start()
+    cpu0 = [server.cpu_seconds() for server in servers]
     go.set()
     t0 = time.perf_counter()
     for p in procs:
         p.join()
     wall = time.perf_counter() - t0
+    cpu = [server.cpu_seconds() - before for server, before in zip(servers, cpu0)]
     storage = fer_storage.open_storage(url)
     trials = optuna.load_study(study_name="bench", storage=storage).get_trials(deepcopy=False)
     storage.engine.dispose()
@@ -131,7 +134,8 @@ def measure(url: str, workers: int, seconds: float, watch=None, label: str | Non
     return {"storage": label or fer_storage.mask_url(url).split(":")[0], "workers": workers, "seconds": round(wall, 2),
             "trials": finished, "trials_per_s": round(finished / wall, 2),
             "failed": sum(t.state.name == "FAIL" for t in trials), "crashed": sum(p.exitcode != 0 for p in procs),
-            "peak_connections": peak.stop() if peak is not None else None}
+            "peak_connections": peak.stop() if peak is not None else None,
+            "cpu_ms_per_trial": {type(server).__name__: round(1000 * c / max(finished, 1), 2) for server, c in zip(servers, cpu)}}
 
 
 def main() -> None:
@@ -146,33 +150,35 @@ def main() -> None:
     args = parser.parse_args()
 
     servers = []
-    targets = [(url, None, None) for url in args.storage or []]
+    targets = [(url, None, None, []) for url in args.storage or []]
     if not args.storage:
         from pgserver import PostgresServer, find_bin
 
         if not args.no_sqlite:
-            targets.append((f"sqlite:///{tempfile.mkdtemp()}/bench.db", None, None))
+            targets.append((f"sqlite:///{tempfile.mkdtemp()}/bench.db", None, None, []))
         if find_bin():
             server = PostgresServer(find_bin(), args.max_connections).start()
             servers.append(server)
             watch = server.connect()
-            targets.append((server.new_database(), watch, f"postgresql ({args.max_connections} slots)"))
+            targets.append((server.new_database(), watch, f"postgresql ({args.max_connections} slots)", [server]))
             if args.pgbouncer:
                 from pgbouncer import PgBouncer, find_pgbouncer
 
                 bouncer = PgBouncer(find_pgbouncer(), server, args.pgbouncer).start()
                 servers.append(bouncer)
-                targets.append((bouncer.url(server.new_database()), watch, f"pgbouncer (pool {args.pgbouncer})"))
+                targets.append((bouncer.url(server.new_database()), watch, f"pgbouncer (pool {args.pgbouncer})",
+                                [server, bouncer]))
         else:
             print("PostgreSQL binaries not found: measuring SQLite only")
     try:
         rows = []
-        for url, watch, label in targets:
-            row = measure(url, args.workers, args.seconds, watch, label)
+        for url, watch, label, measured in targets:
+            row = measure(url, args.workers, args.seconds, watch, label, measured)
             rows.append(row)
             print(f"{row['storage']:<26} {row['workers']} workers: {row['trials']} trials in {row['seconds']} s = "
                   f"{row['trials_per_s']} trials/s ({row['failed']} failed, {row['crashed']} crashed"
-                  + (f", peak {row['peak_connections']} server connections)" if watch else ")"), flush=True)
+                  + (f", peak {row['peak_connections']} server connections; CPU ms per trial {row['cpu_ms_per_trial']})"
+                     if watch else ")"), flush=True)
     finally:
         for server in reversed(servers):
             server.stop()

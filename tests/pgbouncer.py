@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pgserver import PASSWORD, USER, PostgresServer, _free_port
+from pgserver import PASSWORD, USER, PostgresServer, _free_port, process_tree_cpu_seconds
 
 
 def find_pgbouncer() -> str | None:
@@ -61,6 +61,9 @@ max_client_conn = 2000
     def url(self, server_url: str) -> str:
         """A database of the server, reached through the pooler."""
         return server_url.replace(f":{self.server.port}/", f":{self.port}/")
+
+    def cpu_seconds(self) -> float:
+        return process_tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:

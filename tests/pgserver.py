@@ -76,6 +76,10 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time the server has used so far: the postmaster, its processes and the ones that ended."""
+        return process_tree_cpu_seconds(int((self.data / "postmaster.pid").read_text().split()[0]))
+
     def stop(self) -> None:
         try:
             self.pg_ctl("stop", "immediate")
@@ -86,3 +90,12 @@ class PostgresServer:
 def client_connections(conn) -> int:
     """The connections clients hold on the server now, `conn` (a PostgresServer.connect()) left out."""
     return conn.execute("SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchone()[0]
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, of its children that ended and were waited for, and of the live ones."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(process_tree_cpu_seconds(int(child)) for child in children
+                     if Path(f"/proc/{child}").exists())
