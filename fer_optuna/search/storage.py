@@ -113,8 +113,8 @@ def open_storage(url: str | None = None, heartbeat: bool = False,
     storage.retry_seconds = options.db_retry_seconds
     if storage.get_current_version() != storage.get_head_version():
         raise FerOptError(f"the study storage {mask_url(url)} has tables of Optuna schema {storage.get_current_version()}, "
-                          f"this Optuna (optuna {optuna.__version__}) needs {storage.get_head_version()}: upgrade the "
-                          "storage with `optuna storage upgrade --storage URL`, or Optuna to the version that made it")
+                          f"this Optuna ({optuna.__version__}) needs {storage.get_head_version()}: upgrade its tables with "
+                          "Optuna's `optuna storage upgrade`, or use the Optuna version that made them")
     if storage.engine.dialect.name == "sqlite":
         _serialize_sqlite_writes(storage.engine)
     return storage
