@@ -11,6 +11,7 @@ ceiling a storage puts on a study, the number to know before pointing 100 GPUs a
     python benchmarks/storage.py --storage postgresql+psycopg://u:p@host/db   # an existing server
     python benchmarks/storage.py --no-sqlite --workers 60 --max-connections 20 --pgbouncer 8
         # a fleet larger than the server's connection slots, directly and through PgBouncer
+    python benchmarks/storage.py --no-sqlite --pgbouncer 6 --grpc   # also Optuna's gRPC proxy (pip install grpcio)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +46,13 @@ def _worker(url: str, seconds: float, ready, go) -> None:
     go.wait()
     # Opened after the start, as a fleet starts: with more processes than free connection slots, the
     # later ones wait for one here and run their `seconds` when they get it.
-    storage = fer_storage.open_storage(url, heartbeat=True)
+    if url.startswith("grpc://"):  # Optuna's gRPC storage proxy (no heartbeat there)
+        host, port = url.removeprefix("grpc://").split(":")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    else:
+        storage = fer_storage.open_storage(url, heartbeat=True)
     study, spec = fer_study.load_study("bench", storage)
 
     def objective(trial: optuna.Trial) -> float:
@@ -59,6 +67,44 @@ def _worker(url: str, seconds: float, ready, go) -> None:
         return params["dropout"]
 
     study.optimize(objective, timeout=seconds)
+
+
+class _GrpcProxy:
+    """Optuna's gRPC storage proxy (`optuna.storages.run_grpc_proxy_server`, needs grpcio) on the study
+    storage, in a process of its own so that its CPU time can be told apart."""
+
+    def __init__(self, url: str):
+        from pgserver import _free_port
+
+        self.port = _free_port()
+        self.proc = multiprocessing.get_context("spawn").Process(target=_serve_grpc, args=(url, self.port), daemon=True)
+
+    def start(self) -> "_GrpcProxy":
+        import optuna
+
+        self.proc.start()
+        optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=self.port).wait_server_ready(timeout=120)
+        return self
+
+    def url(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        from pgserver import process_tree_cpu_seconds
+
+        return process_tree_cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.join()
+
+
+def _serve_grpc(url: str, port: int) -> None:
+    import optuna
+
+    from fer_optuna.search import storage as fer_storage
+
+    optuna.storages.run_grpc_proxy_server(fer_storage.open_storage(url), host="127.0.0.1", port=port)
 
 
 def _wait_for_start(procs: list, ready) -> None:
@@ -94,10 +140,11 @@ class _PeakConnections(threading.Thread):
         return self.peak
 
 
-def measure(url: str, workers: int, seconds: float, watch=None, label: str | None = None, servers=()) -> dict:
+def measure(url: str, workers: int, seconds: float, watch=None, label: str | None = None, servers=(),
+            proxy: _GrpcProxy | None = None) -> dict:
     """`workers` processes on the study for `seconds` each after they open the storage; with `watch` (see
     _PeakConnections), the peak of the connections the server held; with `servers` (PostgreSQL, PgBouncer),
-    the CPU time each used per trial."""
+    the CPU time each used per trial; with `proxy`, the workers go through it."""
     import optuna
 
     from fer_optuna.search import storage as fer_storage
@@ -114,7 +161,10 @@ def measure(url: str, workers: int, seconds: float, watch=None, label: str | Non
     peak = _PeakConnections(watch) if watch is not None else None
     ctx = multiprocessing.get_context("spawn")
     ready, go = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(url, seconds, ready, go), name=f"w{i}") for i in range(workers)]
+    if proxy is not None:
+        servers = [*servers, proxy.start()]
+    worker_url = proxy.url() if proxy is not None else url
+    procs = [ctx.Process(target=_worker, args=(worker_url, seconds, ready, go), name=f"w{i}") for i in range(workers)]
     for p in procs:
         p.start()
     _wait_for_start(procs, ready)
@@ -127,6 +177,8 @@ def measure(url: str, workers: int, seconds: float, watch=None, label: str | Non
         p.join()
     wall = time.perf_counter() - t0
     cpu = [server.cpu_seconds() - before for server, before in zip(servers, cpu0)]
+    if proxy is not None:
+        proxy.stop()
     storage = fer_storage.open_storage(url)
     trials = optuna.load_study(study_name="bench", storage=storage).get_trials(deepcopy=False)
     storage.engine.dispose()
@@ -145,35 +197,39 @@ def main() -> None:
     parser.add_argument("--storage", action="append", help="storage URL(s) [default: a SQLite file and a throwaway PostgreSQL]")
     parser.add_argument("--max-connections", type=int, default=100, help="the throwaway server's (PostgreSQL ships 100)")
     parser.add_argument("--pgbouncer", type=int, metavar="POOL", help="also through PgBouncer with POOL server connections")
+    parser.add_argument("--grpc", action="store_true", help="also through Optuna's gRPC storage proxy (pip install grpcio)")
     parser.add_argument("--no-sqlite", action="store_true", help="leave out the SQLite file")
     parser.add_argument("--out", default="benchmark-storage.json")
     args = parser.parse_args()
 
     servers = []
-    targets = [(url, None, None, []) for url in args.storage or []]
+    targets = [(url, None, None, [], None) for url in args.storage or []]
     if not args.storage:
         from pgserver import PostgresServer, find_bin
 
         if not args.no_sqlite:
-            targets.append((f"sqlite:///{tempfile.mkdtemp()}/bench.db", None, None, []))
+            targets.append((f"sqlite:///{tempfile.mkdtemp()}/bench.db", None, None, [], None))
         if find_bin():
             server = PostgresServer(find_bin(), args.max_connections).start()
             servers.append(server)
             watch = server.connect()
-            targets.append((server.new_database(), watch, f"postgresql ({args.max_connections} slots)", [server]))
+            targets.append((server.new_database(), watch, f"postgresql ({args.max_connections} slots)", [server], None))
             if args.pgbouncer:
                 from pgbouncer import PgBouncer, find_pgbouncer
 
                 bouncer = PgBouncer(find_pgbouncer(), server, args.pgbouncer).start()
                 servers.append(bouncer)
                 targets.append((bouncer.url(server.new_database()), watch, f"pgbouncer (pool {args.pgbouncer})",
-                                [server, bouncer]))
+                                [server, bouncer], None))
+            if args.grpc:
+                url = server.new_database()
+                targets.append((url, watch, "optuna grpc proxy", [server], _GrpcProxy(url)))
         else:
             print("PostgreSQL binaries not found: measuring SQLite only")
     try:
         rows = []
-        for url, watch, label, measured in targets:
-            row = measure(url, args.workers, args.seconds, watch, label, measured)
+        for url, watch, label, measured, proxy in targets:
+            row = measure(url, args.workers, args.seconds, watch, label, measured, proxy)
             rows.append(row)
             print(f"{row['storage']:<26} {row['workers']} workers: {row['trials']} trials in {row['seconds']} s = "
                   f"{row['trials_per_s']} trials/s ({row['failed']} failed, {row['crashed']} crashed"
