@@ -21,6 +21,7 @@ import gc
 import json
 import multiprocessing
 import queue
+import socket
 import sys
 import tempfile
 import threading
@@ -74,9 +75,9 @@ class _GrpcProxy:
     storage, in a process of its own so that its CPU time can be told apart."""
 
     def __init__(self, url: str):
-        from pgserver import _free_port
-
-        self.port = _free_port()
+        with socket.socket() as s:  # a port nobody listens on now
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         self.proc = multiprocessing.get_context("spawn").Process(target=_serve_grpc, args=(url, self.port), daemon=True)
 
     def start(self) -> "_GrpcProxy":
@@ -196,7 +197,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--storage", action="append", help="storage URL(s) [default: a SQLite file and a throwaway PostgreSQL]")
     parser.add_argument("--max-connections", type=int, default=100, help="the throwaway server's (PostgreSQL ships 100)")
-    parser.add_argument("--pgbouncer", type=int, metavar="POOL", help="also through PgBouncer with POOL server connections")
+    parser.add_argument("--pgbouncer", type=int, metavar="POOL", help="also through PgBouncer with POOL server connections (2 or more: Optuna sets up a new database with two at once)")
     parser.add_argument("--grpc", action="store_true", help="also through Optuna's gRPC storage proxy (pip install grpcio)")
     parser.add_argument("--no-sqlite", action="store_true", help="leave out the SQLite file")
     parser.add_argument("--out", default="benchmark-storage.json")

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pgserver import PASSWORD, USER, PostgresServer, _free_port, process_tree_cpu_seconds
+from pgserver import PASSWORD, USER, PostgresServer, process_tree_cpu_seconds
 
 
 def find_pgbouncer() -> str | None:
@@ -24,7 +24,9 @@ class PgBouncer:
     def __init__(self, binary: str, server: PostgresServer, pool_size: int):
         self.binary, self.server, self.pool_size = binary, server, pool_size
         self.root = Path(tempfile.mkdtemp(prefix="fer-pgbouncer-"))
-        self.port = _free_port()
+        with socket.socket() as s:  # a port nobody listens on now
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "PgBouncer":
