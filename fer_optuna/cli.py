@@ -282,7 +282,11 @@ def worker(settings, study_name, storage, gpu, per_gpu, n_trials, timeout, data,
     from .search import worker as fer_worker
     from .search.storage import open_storage
 
-    name = study_name or fer_study.single_study_name(open_storage(storage, options=settings.stores))
+    name = study_name
+    if not name:
+        looked_up = open_storage(storage, options=settings.stores)
+        name = fer_study.single_study_name(looked_up)
+        looked_up.engine.dispose()  # its connection slot is for the storage the worker opens next
     devices = fer_worker.parse_devices(gpu)
     per = fer_worker.auto_per_device(devices) if per_gpu == "auto" else int(per_gpu)
     opts = fer_worker.WorkerOptions(study=name, storage=storage, device=devices[0], data=data, labels=labels,

@@ -177,6 +177,28 @@ def postgres():
     server.stop()
 
 
+@pytest.fixture
+def small_postgres():
+    """A real PostgreSQL server with room for 5 clients, a test's own."""
+    from pgserver import PostgresServer, find_bin
+
+    bindir = _require(find_bin(), "PostgreSQL binaries (initdb, pg_ctl) not found; install postgresql to run these tests")
+    server = PostgresServer(bindir, max_connections=5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres):
+    """PgBouncer in transaction mode in front of the session's PostgreSQL, with 2 server connections."""
+    from pgbouncer import PgBouncer, find_pgbouncer
+
+    bouncer = PgBouncer(_require(find_pgbouncer(), "pgbouncer not found; apt-get install pgbouncer to run these tests"),
+                        postgres, pool_size=2).start()
+    yield bouncer
+    bouncer.stop()
+
+
 @pytest.fixture(scope="session")
 def s3():
     """A real S3-compatible server for the session."""

@@ -21,8 +21,8 @@ def find_bin() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path):
-        self.bindir = bindir
+    def __init__(self, bindir: Path, max_connections: int = 200):
+        self.bindir, self.max_connections = bindir, max_connections
         # PostgreSQL refuses to run as root: run it as the 'postgres' user, in a
         # folder that user owns (pytest's own tmp folders are root-only).
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -57,7 +57,9 @@ class PostgresServer:
             raise
 
     def pg_ctl(self, action: str, mode: str = "fast") -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        # The test user is a superuser: no slots kept back for one, so that max_connections is what clients get.
+        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                f"-c max_connections={self.max_connections} -c superuser_reserved_connections=0")
         args = ["-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60"]
         if action in ("start", "restart"):
             args += ["-o", opts]
@@ -68,17 +70,39 @@ class PostgresServer:
     def url(self, database: str = "postgres", password: str = PASSWORD) -> str:
         return f"postgresql+psycopg://{USER}:{password}@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
+    def connect(self):
+        """A connection to the server's own database, to look at the server with."""
         import psycopg
 
+        return psycopg.connect(f"host=127.0.0.1 port={self.port} user={USER} password={PASSWORD} dbname=postgres",
+                               autocommit=True)
+
+    def new_database(self) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={USER} password={PASSWORD} dbname=postgres",
-                             autocommit=True) as conn:
+        with self.connect() as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def cpu_seconds(self) -> float:
+        """The CPU time the server has used so far: the postmaster, its processes and the ones that ended."""
+        return process_tree_cpu_seconds(int((self.data / "postmaster.pid").read_text().split()[0]))
 
     def stop(self) -> None:
         try:
             self.pg_ctl("stop", "immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def client_connections(conn) -> int:
+    """The connections clients hold on the server now, `conn` (a PostgresServer.connect()) left out."""
+    return conn.execute("SELECT count(*) - 1 FROM pg_stat_activity WHERE backend_type = 'client backend'").fetchone()[0]
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process, of its children that ended and were waited for, and of the live ones."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(process_tree_cpu_seconds(int(child)) for child in children
+                     if Path(f"/proc/{child}").exists())

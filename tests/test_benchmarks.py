@@ -1,9 +1,13 @@
 """benchmarks/gpu_check.sh runs only where a GPU is lent, rarely and for minutes: a wrong path or
 flag in it wastes that session, so it is checked here, where every session can run it."""
 
+import importlib.util
+import multiprocessing
 import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -35,3 +39,19 @@ def test_gpu_check_passes_only_flags_its_programs_take():
             assert flag in helptext, f"{' '.join(program)} takes no {flag}"
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.timeout(60)
+def test_the_storage_benchmark_reports_a_worker_dead_before_the_start_and_starts_the_rest(capsys):
+    spec = importlib.util.spec_from_file_location("storage_benchmark", ROOT / "benchmarks" / "storage.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Queue()
+    procs = [ctx.Process(target=sys.exit, args=(3,), name="w0"), ctx.Process(target=ready.put, args=("w1",), name="w1")]
+    for p in procs:
+        p.start()
+    bench._wait_for_start(procs, ready)  # returns, instead of waiting for ever on w0
+    for p in procs:
+        p.join()
+    assert "worker w0 died before the start (exit 3)" in capsys.readouterr().out

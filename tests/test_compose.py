@@ -80,13 +80,20 @@ def test_hosts_and_ports_name_the_services_that_serve_them():
     for name in FER_OPT:
         env = SERVICES[name]["environment"]
         db = urlsplit(env["FER_OPT_STORAGE"])
-        assert (db.hostname, db.port) == ("postgres", 5432) and db.path.lstrip("/") == EXAMPLE["POSTGRES_DB"]
+        # Every fer-opt service reaches the database through the pooler, which reaches PostgreSQL.
+        assert (db.hostname, db.port) == ("pgbouncer", 6432) and db.path.lstrip("/") == EXAMPLE["POSTGRES_DB"]
         assert (db.username, db.password) == (EXAMPLE["POSTGRES_USER"], EXAMPLE["POSTGRES_PASSWORD"])
         store = urlsplit(env["AWS_ENDPOINT_URL"])
         assert store.hostname in SERVICES and store.port == 8333, "SeaweedFS serves S3 on 8333"
         assert env["AWS_ACCESS_KEY_ID"] == EXAMPLE["S3_ACCESS_KEY"] and env["AWS_SECRET_ACCESS_KEY"] == EXAMPLE["S3_SECRET_KEY"]
         for dependency in SERVICES[name].get("depends_on", {}):
             assert dependency in SERVICES
+    pooler = SERVICES["pgbouncer"]["environment"]
+    assert (pooler["DB_HOST"], pooler["DB_PORT"], pooler["LISTEN_PORT"]) == ("postgres", 5432, 6432)
+    assert (pooler["DB_USER"], pooler["DB_PASSWORD"], pooler["DB_NAME"]) == (db.username, db.password, EXAMPLE["POSTGRES_DB"])
+    # Transaction pooling: a server connection per transaction, so the server's slots do not grow with the fleet.
+    assert pooler["POOL_MODE"] == "transaction" and pooler["MAX_CLIENT_CONN"] >= 1000
+    assert SERVICES["pgbouncer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert f"-ip={store.hostname}" in SERVICES["s3"]["command"], "the store answers to the name the clients use"
     check = " ".join(SERVICES["postgres"]["healthcheck"]["test"])
     assert "pg_isready" in check and f"-U {EXAMPLE['POSTGRES_USER']}" in interpolate(check, SERVICES["postgres"]["environment"])

@@ -2,6 +2,7 @@
 
 import re
 import shutil
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import optuna
@@ -51,7 +52,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas():
     for resource in resources:
         kubernetes_validate.validate(resource, SCHEMA_VERSION, strict=True)
     kinds = sorted(d["kind"] for d in resources)
-    assert kinds == sorted(["Namespace", "Service", "StatefulSet", "PersistentVolumeClaim",
+    assert kinds == sorted(["Namespace", "Service", "StatefulSet", "Service", "Deployment", "PersistentVolumeClaim",
                             "Job", "Job", "Deployment", "Service", "Secret"])
     claims = [d for d in resources if d["kind"] == "PersistentVolumeClaim"]
     assert [c["metadata"]["name"] for c in claims] == ["fer-data"], "no ReadWriteMany checkpoint volume: trial files go to S3"
@@ -96,6 +97,14 @@ def test_workers_take_one_gpu_each_and_retry_instead_of_losing_trials():
 def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_cli():
     assert 'ENTRYPOINT ["fer-opt"]' in (ROOT / "Dockerfile").read_text(), "manifests pass args to the fer-opt entrypoint"
     assert _container("StatefulSet", "postgres")["image"] == COMPOSE["postgres"]["image"]
+    pooler = _container("Deployment", "pgbouncer")
+    assert pooler["image"] == COMPOSE["pgbouncer"]["image"]
+    settings = {e["name"]: e.get("value", e.get("valueFrom", {}).get("secretKeyRef", {}).get("key")) for e in pooler["env"]}
+    compose_settings = {k: str(v) for k, v in COMPOSE["pgbouncer"]["environment"].items()}
+    assert settings == {**compose_settings, "DB_USER": "POSTGRES_USER", "DB_PASSWORD": "POSTGRES_PASSWORD", "DB_NAME": "POSTGRES_DB"}
+    storage = urlsplit(SECRET_EXAMPLE["FER_OPT_STORAGE"])
+    assert (storage.hostname, storage.port) == ("pgbouncer", _by_kind_name()[("Service", "pgbouncer")]["spec"]["ports"][0]["port"])
+    assert (storage.hostname, storage.port) == ("pgbouncer", int(settings["LISTEN_PORT"])), "the pods reach the database through the pooler"
     [image] = KUSTOMIZATION["images"]
     for kind, name, service in (("Job", "create-study", "create-study"), ("Job", "workers", "worker"),
                                 ("Deployment", "dashboard", "dashboard")):
@@ -128,8 +137,9 @@ def test_images_commands_and_secrets_agree_with_compose_the_dockerfile_and_the_c
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_worker_pods_command_and_environment_run_a_trial(postgres, s3, tmp_path, sample_csv):
-    url, bucket = postgres.new_database(), s3.new_bucket()
+def test_a_worker_pods_command_and_environment_run_a_trial(postgres, pgbouncer, s3, tmp_path, sample_csv):
+    # As in the cluster, through PgBouncer in transaction mode.
+    url, bucket = pgbouncer.url(postgres.new_database()), s3.new_bucket()
     worker = _container("Job", "workers")
     # The pod's volumes, mounted here as folders: /data holds the data.
     mounts = {m["mountPath"]: tmp_path / m["name"] for m in worker["volumeMounts"]}

@@ -2,6 +2,7 @@
 through a server restart mid-study: tests/test_chaos.py.)"""
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import urllib.request
 import optuna
 import pytest
 
-from conftest import ROOT, TINY, fer_opt
+from conftest import ROOT, TINY, fer_opt, tiny_study
 from fer_optuna.search import storage as fer_storage
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
@@ -128,3 +129,33 @@ def test_every_storage_method_optuna_calls_is_retried():
     ours = {n for cls in fer_storage.RetryingRDBStorage.__mro__[:2] for n in vars(cls)}  # the storage and its internals
     missing = {n for n in rdb if n not in ours} - {"remove_session", "check_trial_is_updatable"}
     assert not missing, f"not retried: {sorted(missing)}"
+
+
+def test_more_workers_than_connection_slots_wait_and_all_finish(small_postgres, tmp_path, sample_csv):
+    """6 worker processes on a server where 4 connections are free (it holds 5; this test watches on one):
+    those that find it full wait for a slot, and every one ends cleanly with the budget exact."""
+    from pgserver import client_connections
+    from test_workers import budget_drops, start_worker
+
+    watch = small_postgres.connect()
+    url = small_postgres.new_database()
+    spec = tiny_study(tmp_path / "six.yaml", n_trials=6, train={"epochs": 1})
+    fer_opt("create-study", "--config", spec, "--storage", url, "--data", sample_csv)
+    logs = [tmp_path / f"worker{i}.log" for i in range(6)]
+    procs = [start_worker(url, log, "--checkpoint-dir", tmp_path / "ckpt") for log in logs]
+    peak = 0
+    while any(p.poll() is None for p in procs):
+        peak = max(peak, client_connections(watch))
+        time.sleep(0.2)
+    texts = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0] * 6, texts
+    assert any("is full (no free connection slot); waiting for one" in text for text in texts), texts
+    assert all("Traceback" not in text and PASSWORD not in text for text in texts)
+    assert peak <= 4
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 6
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+    assert {t.number for t in trials if t.state == optuna.trial.TrialState.FAIL} == budget_drops(trials)
+    started = [int(n) for text in texts for n in re.findall(r"trial (\d+) started", text)]
+    assert len(started) == len(set(started)), f"a trial ran twice: {sorted(started)}"

@@ -1,3 +1,5 @@
+import sqlite3
+
 import optuna
 import pytest
 import sqlalchemy
@@ -90,6 +92,15 @@ def test_unreachable_storage_is_one_line_with_masked_password():
     assert "cannot reach the study storage postgresql+psycopg://fer:***@127.0.0.1:1/optuna" in proc.stderr
     bad = fer_opt("status", "--storage", "mysql://x", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_storage_of_another_optuna_schema_is_one_fix_it_error(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.db"
+    fer_storage.open_storage(url).engine.dispose()
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'v2.4.0.a'")
+    with pytest.raises(FerOptError, match=r"has tables of Optuna schema v2\.4\.0\.a.*`optuna storage upgrade`"):
+        fer_storage.open_storage(url)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside optimize, to stage two trials

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fer_optuna.errors import FerOptError
 from fer_optuna.options import StoreOptions
-from . import retry
+from . import connections, retry
 from .optuna_private import RDBStorageInternals
 
 _log = logging.getLogger("fer_optuna.storage")
@@ -76,12 +76,11 @@ def open_storage(url: str | None = None, heartbeat: bool = False,
         conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    elif url.startswith("postgresql"):
-        # PostgreSQL drops idle connections: pre-ping them; a worker needs few.
-        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 1800}
     start, warned = time.monotonic(), False
     while True:
         try:
+            if url.startswith("postgresql"):
+                engine_kwargs = connections.engine_kwargs(url, mask_url(url))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 hb: dict[str, Any] = {}
@@ -89,7 +88,9 @@ def open_storage(url: str | None = None, heartbeat: bool = False,
                     beat = options.heartbeat_seconds
                     requeue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
                     hb = {"heartbeat_interval": beat, "grace_period": 3 * beat, "heartbeat_stale_trial_callback": requeue}
-                storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+                # Optuna's own schema check holds a connection while it takes another: with every process
+                # doing that at once on a full server, each could hold one and wait for its second for ever.
+                storage = RetryingRDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=True, **hb)
             break
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
@@ -105,12 +106,16 @@ def open_storage(url: str | None = None, heartbeat: bool = False,
                     warned = True
                 time.sleep(1.0)
                 continue
-            raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, "
-                              "port, database name and credentials (or FER_OPT_STORAGE)") from None
+            raise FerOptError(f"cannot reach the study storage {mask_url(url)}: {reason}; check the host, port, "
+                              "database name and credentials in the storage URL", flag="--storage") from None
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as e:
             raise FerOptError(f"bad storage URL {mask_url(url)} ({e}); use sqlite:///path.db or "
                               "postgresql+psycopg://user:pass@host/db (pip install 'fer-optuna[postgres]')") from None
     storage.retry_seconds = options.db_retry_seconds
+    if storage.get_current_version() != storage.get_head_version():
+        raise FerOptError(f"the study storage {mask_url(url)} has tables of Optuna schema {storage.get_current_version()}, "
+                          f"this Optuna ({optuna.__version__}) needs {storage.get_head_version()}: upgrade its tables with "
+                          "Optuna's `optuna storage upgrade`, or use the Optuna version that made them")
     if storage.engine.dialect.name == "sqlite":
         _serialize_sqlite_writes(storage.engine)
     return storage
