@@ -168,14 +168,20 @@ class RetryingRDBStorage(RDBStorageInternals):
         seconds = self.retry_seconds
         return retry.retried(
             call, _is_transient, seconds,
-            warn=lambda e: _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s",
-                                        mask_url(self.url), type(e).__name__, seconds),
+            warn=functools.partial(self._warn_unavailable, seconds=seconds),
             gave_up=lambda e: FerOptError(f"lost the study storage {mask_url(self.url)} for over {seconds:.0f} s; check "
                                           "that the database server is up (StoreOptions.db_retry_seconds sets the wait)",
                                           setting="StoreOptions.db_retry_seconds"),
             before_retry=self.scoped_session.remove,  # drop the broken session; the next call reconnects
             # At most a heartbeat interval, so that heartbeats resume within one of the server's return.
             longest_pause=self.heartbeat_interval or 10.0)
+
+    def _warn_unavailable(self, error: Exception, seconds: float) -> None:
+        # A full server refusing this process a second connection, while its other thread holds the one it
+        # keeps, is no outage: the retry takes the kept one when it is given back (connections.py).
+        if not connections.is_full(error):
+            _log.warning("study storage %s unavailable (%s); retrying for up to %.0f s", mask_url(self.url),
+                         type(error).__name__, seconds)
 
     # ----------------------------------------------------------------------- writes safe to retry
 
