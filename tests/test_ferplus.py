@@ -79,4 +79,9 @@ def test_the_finetune_study_starts_from_the_bundled_model_with_its_pixel_pipelin
     for name in ("model", "width", "hidden_dim", "equalize", "smooth", "crop"):  # else the weights see other pixels
         assert getattr(spec.train, name) == teacher[name], name
     assert {"lr", "epochs", "target", "label_smoothing", "freeze"} <= {p.name for p in spec.space}
-    assert dict(spec.final) == {"train_subset": 0, "val_subset": 0} and spec.enqueue[0]["freeze"] == 0
+    # It chooses at full fidelity: its top rung is all the data and its best trial the model (no final: refit);
+    # the baseline, a plain full fine-tune, is promoted to every rung; the space reaches a full fine-tune too.
+    assert dict(spec.rungs[-1]) == {"train_subset": 0, "val_subset": 0} and not spec.final
+    assert spec.enqueue[0]["freeze"] == 0 and spec.enqueue[0]["epochs"] == 3
+    space = {p.name: p for p in spec.space}
+    assert 0 in space["freeze"].choices and 3 in space["epochs"].choices
