@@ -386,7 +386,7 @@ def test_a_teacher_of_other_classes_than_the_studys_is_refused_when_the_study_is
     url = f"sqlite:///{tmp_path / 's.db'}"
     teacher = fake_teacher(tmp_path / "t.pt")  # FER2013's seven classes
     spec = tiny_study(tmp_path / "t.yaml", final={"teacher": str(teacher)})
-    with pytest.raises(FerOptError, match=rf"t.yaml, final: teacher .*not the student's \(neutral, happiness"):
+    with pytest.raises(FerOptError, match=r"t.yaml, final: teacher .*not the student's \(neutral, happiness"):
         fer_study.create(spec, url, data=str(pixels), labels=str(votes))
     assert optuna.get_all_study_names(storage.open_storage(url)) == [], "nothing written"
     fake_teacher(teacher, classes=FERPLUS)
