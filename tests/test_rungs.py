@@ -223,3 +223,35 @@ def test_the_baseline_is_never_pruned(tmp_path, sample_csv, monkeypatch):
     baseline = study.trials[0]
     assert baseline.user_attrs[rungs.BASELINE] and baseline.state == TrialState.COMPLETE
     assert baseline.intermediate_values == {1: 0.1, 2: 0.1, 3: 0.1}
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite", "postgres"], indirect=True)
+def test_workers_reaching_a_drained_rung_at_once_promote_it_once(tmp_path, sample_csv, storage_url):
+    """Four processes' workers finish rung 0 at the same moment: one creates rung 1's study and promotes, the others
+    wait for its mark; each configuration is queued once, on SQLite and PostgreSQL alike."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from fer_optuna.search import study as fer_study
+
+    path = tiny_study(tmp_path / "rungs.yaml", rungs=[{"train_subset": 100}, {"train_subset": 0}], eta=2)
+    root, _ = fer_study.create(path, storage_url, data=str(sample_csv))
+    spec = fer_study.load_spec(path)
+    for value in (0.3, 0.5, 0.4, 0.2):  # the enqueued baseline first
+        trial = root.ask()
+        fer_study.suggest(trial, spec.space)
+        root.tell(trial, value)
+    start, said = Barrier(4), []
+
+    def reach_rung_1(_):
+        mine = optuna.load_study(study_name="tiny", storage=fer_study.open_storage(storage_url))  # a storage each
+        start.wait()
+        study, _ = rungs.open_rung(mine, spec, 1, grace=60, log=said.append, wait=0.05)
+        return study.user_attrs[rungs.ATTR_PROMOTED]
+
+    with ThreadPoolExecutor(4) as pool:
+        seen = list(pool.map(reach_rung_1, range(4)))
+    assert [line for line in said if "promoted trials" in line] == [said[0]], said
+    assert seen == [[0, 1, 2]] * 4, "every worker sees the one promotion: the best 2 of 4 and the baseline"
+    queued = optuna.load_study(study_name="tiny/rung-1", storage=storage_url).get_trials()
+    assert sorted(t.user_attrs[rungs.PROMOTED_FROM] for t in queued) == [0, 1, 2]
