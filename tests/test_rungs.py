@@ -170,17 +170,25 @@ def test_three_workers_promote_once_retry_a_killed_rung_1_trial_and_export_its_w
     assert ladder[1]["best"]["stderr"] == pytest.approx(math.sqrt(winner.values[0] * (1 - winner.values[0]) / 150))
 
 
-def test_a_promotion_left_halfway_is_finished_by_a_waiting_worker_and_a_second_copy_is_refused(tmp_path, sample_csv):
+def _drained_rung_0(tmp_path, sample_csv, url):
+    """A two-rung study (eta 2) whose rung 0 is drained: the baseline and three trials, scored by hand."""
     from fer_optuna.search import study as fer_study
 
     path = tiny_study(tmp_path / "rungs.yaml", rungs=[{"train_subset": 100}, {"train_subset": 0}], eta=2)
-    url = f"sqlite:///{tmp_path}/study.db"
     root, _ = fer_study.create(path, url, data=str(sample_csv))
     spec = fer_study.load_spec(path)
     for value in (0.3, 0.5, 0.4, 0.2):  # the enqueued baseline first
         trial = root.ask()
         fer_study.suggest(trial, spec.space)
         root.tell(trial, value)
+    return root, spec
+
+
+def test_a_promotion_left_halfway_is_finished_by_a_waiting_worker_and_a_second_copy_is_refused(tmp_path, sample_csv):
+    from fer_optuna.search import study as fer_study
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    root, spec = _drained_rung_0(tmp_path, sample_csv, url)
     optuna.create_study(study_name="tiny/rung-1", storage=url)  # a promoter that died before its first enqueue
     said = []
     study, at_rung = rungs.open_rung(root, spec, 1, grace=0.2, log=said.append, wait=0.05)
@@ -234,13 +242,7 @@ def test_workers_reaching_a_drained_rung_at_once_promote_it_once(tmp_path, sampl
 
     from fer_optuna.search import study as fer_study
 
-    path = tiny_study(tmp_path / "rungs.yaml", rungs=[{"train_subset": 100}, {"train_subset": 0}], eta=2)
-    root, _ = fer_study.create(path, storage_url, data=str(sample_csv))
-    spec = fer_study.load_spec(path)
-    for value in (0.3, 0.5, 0.4, 0.2):  # the enqueued baseline first
-        trial = root.ask()
-        fer_study.suggest(trial, spec.space)
-        root.tell(trial, value)
+    root, spec = _drained_rung_0(tmp_path, sample_csv, storage_url)
     start, said = Barrier(4), []
 
     def reach_rung_1(_):
